@@ -1,0 +1,1 @@
+"""Contrail's Airflow layer: thin operators over the `contrail` steps."""

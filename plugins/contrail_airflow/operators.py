@@ -1,0 +1,232 @@
+"""Thin Airflow operators around the steps in `contrail` (the `tasks/` folder).
+
+Each `execute()` checks its rendered inputs, builds the step's arguments object, calls the
+step and returns the step's result as XCom: artifact paths, counts and metric values, never
+data. Step modules (and so TensorFlow) are imported inside `execute()`, never at parse time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from contrail import artifacts, config
+from contrail.errors import ContrailError, SpecError
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+# Trigger-form params that are not model params.
+RESERVED_PARAMS = ("max_steps", "batch_size", "force_promote", "data_source")
+
+
+class _ContrailOperator(BaseOperator):
+    """Shared plumbing: where this run's artifacts live, and what the trigger overrode."""
+
+    template_fields: tuple[str, ...] = ("spec_path",)
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, spec_path: str, pipeline: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec_path = spec_path
+        self.pipeline = pipeline
+
+    def paths(self) -> artifacts.PipelinePaths:
+        return artifacts.PipelinePaths(config.artifact_root(), self.pipeline)
+
+    def step_dir(self, context: Context, step: str) -> str:
+        return str(self.paths().step(artifacts.run_key(context["run_id"]), step))
+
+    @staticmethod
+    def overrides(context: Context) -> dict[str, Any]:
+        """Trigger params that differ from the spec, split by where they apply."""
+        params = dict(context["params"])
+        train = {k: params[k] for k in ("max_steps", "batch_size") if k in params}
+        model = {k: v for k, v in params.items() if k not in RESERVED_PARAMS}
+        return {"train": train, "model": model, "force_promote": bool(params.get("force_promote", False))}
+
+    def record(self, context: Context, step: str, result: dict, started: float) -> dict:
+        """Append this execution to the run's event log, then hand the result to XCom."""
+        artifacts.record_event(
+            self.paths().run(artifacts.run_key(context["run_id"])),
+            {"step": step, "reused": bool(result.get("reused")), "seconds": round(time.time() - started, 3),
+             "try_number": context["ti"].try_number, "run_id": context["run_id"]},
+        )
+        return result
+
+
+class PreprocessOperator(_ContrailOperator):
+    """Convert the spec's data source into sharded TFRecords, schema.json and stats.json.
+
+    :param spec_path: path of the pipeline spec (templated)
+    :param source: the data glob; `{{ ds }}` and the other Airflow macros work (templated).
+        A `data_source` trigger param replaces it, and must stay under the data folder.
+
+    XCom: the TFRecord paths, record counts, schema and stats paths, and the fingerprint.
+    """
+
+    template_fields = ("spec_path", "source")
+
+    def __init__(self, *, source: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+
+    def execute(self, context: Context) -> dict:
+        from contrail import preprocess
+
+        started = time.time()
+        check_conf_keys(context)
+        source = resolve_source(self, context, self.source)
+        self.log.info("Preprocessing %s from %s", self.pipeline, source)
+        args = preprocess.PreprocessArgs(self.spec_path, source, self.step_dir(context, preprocess.STEP))
+        return self.record(context, preprocess.STEP, preprocess.run(args), started)
+
+
+class TrainOperator(_ContrailOperator):
+    """Train with evaluation every `eval_every_steps`, checkpoints and early stopping.
+
+    :param preprocess: the preprocess step's XCom (templated)
+
+    XCom: the checkpoint folder, history path, number of evaluations and the stop reason.
+    """
+
+    template_fields = ("spec_path", "preprocess")
+
+    def __init__(self, *, preprocess: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.preprocess = preprocess
+
+    def execute(self, context: Context) -> dict:
+        from contrail import train
+
+        started = time.time()
+        overrides = self.overrides(context)
+        args = train.TrainArgs(
+            spec_path=self.spec_path, preprocess=_require_dict(self.preprocess, "preprocess"),
+            step_dir=self.step_dir(context, train.STEP), params=overrides["model"],
+            train_overrides=overrides["train"],
+        )
+        return self.record(context, train.STEP, train.run(args), started)
+
+
+class SelectBestOperator(_ContrailOperator):
+    """Choose the checkpoint to export from the evaluation history.
+
+    :param train: the train step's XCom (templated)
+
+    XCom: the chosen checkpoint, its evaluation index, step and monitored value.
+    """
+
+    template_fields = ("spec_path", "train")
+
+    def __init__(self, *, train: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.train = train
+
+    def execute(self, context: Context) -> dict:
+        from contrail import select_best
+
+        started = time.time()
+        args = select_best.SelectBestArgs(
+            self.spec_path, _require_dict(self.train, "train"), self.step_dir(context, select_best.STEP)
+        )
+        return self.record(context, select_best.STEP, select_best.run(args), started)
+
+
+class ExportOperator(_ContrailOperator):
+    """Export a versioned SavedModel with two signatures, check it, and promote it if better.
+
+    :param preprocess: the preprocess step's XCom (templated)
+    :param train: the train step's XCom (templated)
+    :param best: the select_best step's XCom (templated)
+
+    XCom: the model folder and version, the blessing decision and both models' scores.
+    """
+
+    template_fields = ("spec_path", "preprocess", "train", "best")
+
+    def __init__(self, *, preprocess: Any, train: Any, best: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.preprocess = preprocess
+        self.train = train
+        self.best = best
+
+    def execute(self, context: Context) -> dict:
+        from contrail import export
+
+        started = time.time()
+        overrides = self.overrides(context)
+        args = export.ExportArgs(
+            spec_path=self.spec_path, preprocess=_require_dict(self.preprocess, "preprocess"),
+            train=_require_dict(self.train, "train"), best=_require_dict(self.best, "best"),
+            step_dir=self.step_dir(context, export.STEP), models_dir=str(self.paths().models),
+            run_key=artifacts.run_key(context["run_id"]), dag_id=self.dag_id, run_id=context["run_id"],
+            params=overrides["model"], force_promote=overrides["force_promote"],
+        )
+        return self.record(context, export.STEP, export.run(args), started)
+
+
+class BatchInferenceOperator(_ContrailOperator):
+    """Score Parquet or CSV files with the production model; write predictions as Parquet.
+
+    :param source: the glob of files to score (templated)
+    :param export: the export step's XCom (templated); scoring waits for promotion to settle
+
+    XCom: the prediction files, the row count and the model version that made them.
+    """
+
+    template_fields = ("spec_path", "source", "export")
+
+    def __init__(self, *, source: str, export: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+        self.export = export
+
+    def execute(self, context: Context) -> dict:
+        from contrail import inference
+
+        started = time.time()
+        if not self.source:
+            raise SpecError(f"{self.spec_path}: field 'inference.source': expected a glob of files to score, found none")
+        args = inference.InferenceArgs(
+            self.spec_path, self.source, self.step_dir(context, inference.STEP), str(self.paths().base)
+        )
+        return self.record(context, inference.STEP, inference.run(args), started)
+
+
+def check_conf_keys(context: Context) -> None:
+    """Airflow accepts any conf key; a misspelt override must fail loudly instead of being ignored."""
+    conf = context["dag_run"].conf or {}
+    allowed = sorted(context["params"].keys())
+    unknown = sorted(set(conf) - set(allowed))
+    if unknown:
+        raise SpecError(
+            f"DAG {context['dag'].dag_id}: unknown conf key{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
+            f"expected only {', '.join(allowed)}"
+        )
+
+
+def resolve_source(operator: BaseOperator, context: Context, source: str) -> str:
+    """The spec's source, or the `data_source` param rendered and confined to the data folder."""
+    override = context["params"].get("data_source")
+    if not override:
+        return source
+    from pathlib import Path
+
+    rendered = operator.render_template(override, context)
+    if "://" in rendered and not rendered.startswith("file://"):
+        raise SpecError(f"param 'data_source': expected a path under {config.data_dir()}, found the URI {rendered!r}")
+    path = Path(rendered.removeprefix("file://"))
+    root = config.data_dir()
+    resolved = (path if path.is_absolute() else root / path).resolve()
+    if ".." in path.parts or not resolved.is_relative_to(root):
+        raise SpecError(f"param 'data_source': expected a path under {root}, found {rendered!r}")
+    return str(resolved)
+
+
+def _require_dict(value: Any, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise ContrailError(f"upstream {name!r} result: expected a dict from XCom, found {type(value).__name__}: {value!r}")
+    return value

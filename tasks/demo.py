@@ -1,0 +1,111 @@
+"""The demo: real data from the `palmerpenguins` package, and the end-of-run summary."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from contrail import artifacts
+from contrail.train import read_history
+
+STEPS = ("preprocess", "train", "select_best", "export", "inference")
+
+
+def penguins_table() -> pa.Table:
+    """The 344 Palmer penguins, as shipped inside the `palmerpenguins` wheel, with a row id."""
+    path = importlib.resources.files("palmerpenguins") / "data" / "penguins.csv"
+    with importlib.resources.as_file(path) as csv_path:
+        table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(null_values=["NA", ""]))
+    table = table.set_column(
+        table.schema.get_field_index("year"), "year", table.column("year").cast(pa.int64())
+    )
+    return table.add_column(0, "row_id", pa.array([f"penguin-{i:04d}" for i in range(table.num_rows)]))
+
+
+def write_penguins(data_dir: Path, parts: int = 2) -> dict[str, list[str]]:
+    """Write the training files and a file to score. Idempotent: same bytes every time."""
+    table = penguins_table()
+    written: dict[str, list[str]] = {"penguins": [], "penguins_to_score": []}
+    step = -(-table.num_rows // parts)
+    for i in range(parts):
+        written["penguins"].append(_write(table.slice(i * step, step), data_dir / "penguins" / f"part-{i:05d}.parquet"))
+    to_score = table.drop_columns(["species"])
+    written["penguins_to_score"].append(_write(to_score, data_dir / "penguins_to_score" / "part-00000.parquet"))
+    return written
+
+
+def _write(table: pa.Table, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp, write_page_checksum=True)
+    if path.exists() and path.read_bytes() == tmp.read_bytes():
+        tmp.unlink()  # unchanged: keep the old file, so its fingerprint and mtime stay
+    else:
+        tmp.replace(path)
+    return str(path)
+
+
+def summarize(artifact_root: Path, pipeline: str, run_id: str) -> dict:
+    """The demo summary, read back from the artifacts the run committed."""
+    run_dir = artifact_root / pipeline / "runs" / artifacts.run_key(run_id)
+    manifests = {step: artifacts.read_manifest(run_dir / step) for step in STEPS}
+    missing = [s for s, m in manifests.items() if m is None]
+    if missing:
+        raise SystemExit(f"{run_dir}: steps without a committed manifest: {', '.join(missing)}")
+    pre, train, best, export, infer = (manifests[s]["result"] for s in STEPS)
+    history = read_history(train["history"])
+    train_files = [o for o in manifests["preprocess"]["outputs"] if o["path"].startswith("train-")]
+    eval_files = [o for o in manifests["preprocess"]["outputs"] if o["path"].startswith("eval-")]
+    reused = {s: bool(m["result"].get("reused")) or bool(m.get("reused_count")) for s, m in manifests.items()}
+    return {
+        "pipeline": pipeline,
+        "run_id": run_id,
+        "run_dir": str(run_dir),
+        "tfrecords": {
+            "train": [{"path": str(run_dir / "preprocess" / o["path"]), "records": o["records"]} for o in train_files],
+            "eval": [{"path": str(run_dir / "preprocess" / o["path"]), "records": o["records"]} for o in eval_files],
+            "train_records": pre["train_records"],
+            "eval_records": pre["eval_records"],
+            "input_rows": pre["input_rows"],
+        },
+        "evaluations": len(history),
+        "stop_reason": train["stop_reason"],
+        "best_checkpoint": {
+            "path": best["checkpoint"], "eval_index": best["eval_index"], "step": best["step"],
+            "metric": best["monitor"], "value": best["value"],
+        },
+        "model": {"dir": export["model_dir"], "version": export["version"]},
+        "blessing": {
+            "decision": export["blessing"], "promoted": export["promoted"],
+            "production_version": export["production_version"], "candidate_score": export["candidate_score"],
+            "production_score": export["production_score"],
+        },
+        "predictions": {"paths": infer["predictions"], "rows": infer["rows"], "model_version": infer["model_version"]},
+        "step_seconds": {s: m["timings"]["seconds"] for s, m in manifests.items()},
+        "step_executions": {s: m.get("executions", 1) for s, m in manifests.items()},
+    }
+
+
+def format_summary(summary: dict, reused_steps: list[str]) -> str:
+    t, b, m = summary["tfrecords"], summary["best_checkpoint"], summary["blessing"]
+    lines = [
+        f"Contrail demo: pipeline {summary['pipeline']}, run {summary['run_id']}",
+        f"  preprocess   {t['input_rows']} rows -> {t['train_records']} train + {t['eval_records']} eval records "
+        f"in {len(t['train']) + len(t['eval'])} TFRecord shards",
+        f"  train        {summary['evaluations']} evaluations, stopped by {summary['stop_reason']}",
+        f"  select_best  evaluation {b['eval_index']} (step {b['step']}): {b['metric']}={b['value']:.4f}",
+        f"  export       version {summary['model']['version']} at {summary['model']['dir']}",
+        f"  blessing     {m['decision']} -> production is version {m['production_version']} "
+        f"(candidate {json.dumps({k: round(v, 4) for k, v in m['candidate_score'].items()})})",
+        f"  inference    {summary['predictions']['rows']} predictions by version "
+        f"{summary['predictions']['model_version']}",
+        "  step seconds " + ", ".join(f"{k}={v:.1f}" for k, v in summary["step_seconds"].items()),
+    ]
+    if reused_steps:
+        lines.append(f"  reused       {len(reused_steps)}/5 steps were already done and were skipped: {', '.join(reused_steps)}")
+    return "\n".join(lines)

@@ -1,0 +1,124 @@
+"""Step 5, batch inference: Parquet or CSV in, predictions out as Parquet, by the SavedModel.
+
+Scores with the production model (the one the blessing chose), one output part per input file,
+exactly one output row per input row, each row carrying the model version that made it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from contrail import artifacts, data, serving
+from contrail.errors import InferenceError, UnknownCategoryError
+from contrail.spec import load_spec
+
+log = logging.getLogger(__name__)
+
+STEP = "inference"
+
+
+@dataclass(frozen=True)
+class InferenceArgs:
+    spec_path: str
+    source: str  # the rendered inference.source glob
+    step_dir: str
+    pipeline_dir: str
+    version: int | None = None  # None: the production version
+
+
+def run(args: InferenceArgs) -> dict:
+    started = time.time()
+    loaded = load_spec(args.spec_path)
+    spec = loaded.spec
+    pipeline_dir, step_dir = Path(args.pipeline_dir), Path(args.step_dir)
+    version = args.version if args.version is not None else serving.production_version(pipeline_dir)
+    if version is None:
+        raise InferenceError(f"{pipeline_dir / 'models' / 'production.json'}: expected a production model, found none")
+    files = data.resolve_files(args.source, field=f"{loaded.path.name}: inference.source")
+    inputs = {str(f): {"sha256": artifacts.sha256_file(f), "bytes": f.stat().st_size} for f in files}
+    fp = artifacts.fingerprint({"step": STEP, "version": version, "inputs": inputs, "key": spec.data.key})
+    reused = artifacts.reusable_result(step_dir, fp)
+    if reused is not None:
+        return reused
+
+    model = serving.load_model(pipeline_dir, version)
+    schema = model.schema
+    features = {f["name"]: f for f in schema["features"]}
+    columns = data.required_columns(
+        {n: spec.data.features[n] for n in features if n in spec.data.features}, None, spec.data.key
+    )
+    with artifacts.staged_dir(step_dir) as staging:
+        rows_in, outputs, done = 0, {}, 0
+        total_bytes = sum(f.stat().st_size for f in files)
+        for i, path in enumerate(files):
+            table = data.read_table(path, spec.inference.format, columns)
+            _check_categories(table, features, spec.data.max_oov_fraction, path)
+            predictions = _score(model, table, schema, spec.inference.batch_size, path)
+            if spec.data.key is not None:
+                predictions = predictions.add_column(0, spec.data.key, table.column(spec.data.key))
+            if predictions.num_rows != table.num_rows:
+                raise InferenceError(
+                    f"{path}: expected {table.num_rows} prediction rows, found {predictions.num_rows}"
+                )
+            name = f"part-{i:05d}.parquet"
+            pq.write_table(predictions, staging / name, write_page_checksum=True)
+            outputs[name] = table.num_rows
+            rows_in += table.num_rows
+            done += path.stat().st_size
+            elapsed = time.time() - started
+            log.info(
+                "Scored %s: %d rows (%d/%d files, %d rows so far, %.0f rows/s, ETA %.0fs)",
+                path.name, table.num_rows, i + 1, len(files), rows_in, rows_in / max(elapsed, 1e-9),
+                elapsed / max(done, 1) * (total_bytes - done),
+            )
+        result = {
+            "step_dir": str(step_dir),
+            "predictions": [str(step_dir / n) for n in outputs],
+            "rows": rows_in,
+            "model_version": version,
+            "fingerprint": fp,
+            "reused": False,
+        }
+        artifacts.write_manifest(
+            staging, step=STEP, fingerprint_=fp, inputs=inputs,
+            outputs=artifacts.describe_outputs(staging, list(outputs), outputs), result=result, started=started,
+        )
+    log.info("Wrote %d predictions with model version %d to %s", rows_in, version, step_dir)
+    return result
+
+
+def _score(model: serving.LoadedModel, table: pa.Table, schema: dict, batch_size: int, path: Path) -> pa.Table:
+    inputs = serving.signature_inputs(table, schema, source=str(path))
+    try:
+        outputs = model.predict_arrays(inputs, batch_size=batch_size)
+    except Exception as exc:  # broad: TF raises its own error types; name the rows that failed
+        raise InferenceError(f"{path}: the model could not score rows of this file: {type(exc).__name__}: {exc}") from exc
+    values = outputs.get("value", outputs.get("probabilities"))
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InferenceError(
+            f"{path}: expected a finite prediction for every row, found {int(bad.sum())} non-finite, the first at row {row}"
+        )
+    return serving.prediction_table(outputs, schema, model.version)
+
+
+def _check_categories(table: pa.Table, features: dict, tolerance: float, path: Path) -> None:
+    for name, feature in features.items():
+        if feature["type"] != "string":
+            continue
+        known = set(feature["vocabulary"])
+        values = [v for v in table.column(name).to_pylist() if v not in (None, "")]
+        unknown = [v for v in values if v not in known]
+        if values and len(unknown) / len(values) > tolerance:
+            raise UnknownCategoryError(
+                f"Feature {name!r} in {path}: expected at most {tolerance:.1%} values outside the model's "
+                f"vocabulary (data.max_oov_fraction), found {len(unknown) / len(values):.1%}, e.g. {unknown[0]!r}"
+            )

@@ -1,0 +1,222 @@
+"""Load an exported Contrail model and predict on plain Python data.
+
+    from contrail.serving import load_model
+    model = load_model("artifacts/penguins")            # the production version
+    model = load_model("artifacts/penguins", version=3)  # or a given one
+    df = model.predict(pandas_df)                        # or a pyarrow Table, or a list of dicts
+
+The model is a TensorFlow SavedModel in the TF Serving layout (`models/<version>/`). Its
+`predict` signature takes one tensor per raw feature; its `serving_default` signature takes
+serialized `tf.Example`s. Neither needs any code from this project to run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from contrail import artifacts
+from contrail.errors import InferenceError
+
+SCHEMA_FILE = "schema.json"
+INFO_FILE = "contrail.json"
+
+
+def production_version(pipeline_dir: Path) -> int | None:
+    path = pipeline_dir / "models" / "production.json"
+    if not path.is_file():
+        return None
+    return int(artifacts.read_json(path)["version"])
+
+
+def version_dir(pipeline_dir: Path, version: int) -> Path:
+    return pipeline_dir / "models" / str(int(version))
+
+
+def signature_inputs(table: pa.Table, schema: dict, *, source: str = "input") -> dict[str, np.ndarray]:
+    """Columns of `table` as the `predict` signature's inputs: missing values become NaN
+    (floats), the int64 minimum (ints) or the empty string (strings)."""
+    from contrail.data import float_values
+    from contrail.tfrecord import INT_MISSING
+
+    inputs = {}
+    for feature in schema["features"]:
+        name, kind = feature["name"], feature["type"]
+        if name not in table.column_names:
+            raise InferenceError(
+                f"{source}: expected feature column {name!r}, found only {', '.join(map(repr, table.column_names))}"
+            )
+        column = table.column(name)
+        if kind == "float":
+            inputs[name] = float_values(column).astype(np.float32)
+        elif kind == "int":
+            values = column.to_pylist()
+            inputs[name] = np.array([INT_MISSING if v is None else int(v) for v in values], dtype=np.int64)
+        else:
+            inputs[name] = np.array(["" if v is None else str(v) for v in column.to_pylist()], dtype=object)
+    return inputs
+
+
+@dataclass
+class LoadedModel:
+    """A loaded SavedModel version with its schema."""
+
+    path: Path
+    version: int
+    schema: dict
+    info: dict
+    _module: Any
+
+    @property
+    def predict_fn(self):
+        return self._module.signatures["predict"]
+
+    @property
+    def examples_fn(self):
+        return self._module.signatures["serving_default"]
+
+    def predict_arrays(self, inputs: Mapping[str, np.ndarray], batch_size: int = 4096) -> dict[str, np.ndarray]:
+        """Run the `predict` signature over numpy inputs, in batches."""
+        import tensorflow as tf
+
+        n = len(next(iter(inputs.values()))) if inputs else 0
+        chunks: dict[str, list[np.ndarray]] = {}
+        for start in range(0, n, batch_size):
+            batch = {k: tf.constant(v[start : start + batch_size]) for k, v in inputs.items()}
+            for key, value in self.predict_fn(**batch).items():
+                chunks.setdefault(key, []).append(value.numpy())
+        return {k: np.concatenate(v) for k, v in chunks.items()}
+
+    def predict_examples(self, serialized: np.ndarray, batch_size: int = 4096) -> dict[str, np.ndarray]:
+        """Run the `serving_default` signature over serialized `tf.Example`s, in batches."""
+        import tensorflow as tf
+
+        chunks: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(serialized), batch_size):
+            batch = tf.constant(serialized[start : start + batch_size], dtype=tf.string)
+            for key, value in self.examples_fn(examples=batch).items():
+                chunks.setdefault(key, []).append(value.numpy())
+        return {k: np.concatenate(v) for k, v in chunks.items()}
+
+    def predict(self, data: Any, batch_size: int = 4096):
+        """Predict on a pandas DataFrame, a pyarrow Table, a list of dicts or a dict of lists.
+
+        Returns a pandas DataFrame with one row per input row.
+        """
+        table = _as_table(data)
+        outputs = self.predict_arrays(signature_inputs(table, self.schema), batch_size=batch_size)
+        return prediction_table(outputs, self.schema, self.version).to_pandas()
+
+
+def _as_table(data: Any) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, Mapping):
+        return pa.table(dict(data))
+    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+        return pa.Table.from_pylist(list(data))
+    try:
+        return pa.Table.from_pandas(data, preserve_index=False)
+    except (TypeError, pa.ArrowException) as exc:
+        raise InferenceError(
+            f"predict: expected a pandas DataFrame, a pyarrow Table, a list of dicts or a dict of lists, "
+            f"found {type(data).__name__}"
+        ) from exc
+
+
+def prediction_table(outputs: Mapping[str, np.ndarray], schema: dict, version: int) -> pa.Table:
+    """Signature outputs as columns: class, index and probabilities, or the value."""
+    n = len(next(iter(outputs.values())))
+    columns: dict[str, Any] = {}
+    if schema["label"]["task"] == "regression":
+        columns["prediction"] = pa.array(outputs["value"].astype(np.float64))
+    else:
+        columns["predicted_class"] = pa.array([v.decode() for v in outputs["class_label"]])
+        columns["predicted_index"] = pa.array(outputs["class_index"].astype(np.int64))
+        probabilities = outputs["probabilities"].astype(np.float32)
+        columns["probabilities"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(probabilities.reshape(-1)), probabilities.shape[1]
+        )
+    columns["model_version"] = pa.array(np.full(n, version, dtype=np.int64))
+    return pa.table(columns)
+
+
+def load_model(pipeline_dir: str | Path, version: int | None = None, *, models_dir: Path | None = None) -> LoadedModel:
+    """Load the production model of a pipeline (or `version`), checking it is complete."""
+    import tensorflow as tf
+
+    pipeline_dir = Path(pipeline_dir)
+    if version is None:
+        version = production_version(pipeline_dir)
+        if version is None:
+            raise InferenceError(
+                f"{pipeline_dir / 'models' / 'production.json'}: expected a production model, found none; "
+                "run the pipeline's export step first"
+            )
+    path = (models_dir or pipeline_dir / "models") / str(int(version))
+    return load_version_dir(path, int(version), tf)
+
+
+def load_version_dir(path: Path, version: int, tf=None, *, published: bool = True) -> LoadedModel:
+    """Load one version folder; `published=False` for a staged export not yet given its info file."""
+    if tf is None:
+        import tensorflow as tf
+    for required in ("saved_model.pb", SCHEMA_FILE, *((INFO_FILE,) if published else ())):
+        if not (path / required).is_file():
+            raise InferenceError(f"{path}: expected a complete model version with {required}, found it missing")
+    try:
+        module = tf.saved_model.load(str(path))
+    except Exception as exc:  # broad: TF raises many types for a damaged SavedModel
+        raise InferenceError(f"{path}: the SavedModel cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    return LoadedModel(
+        path=path,
+        version=version,
+        schema=artifacts.read_json(path / SCHEMA_FILE),
+        info=artifacts.read_json(path / INFO_FILE) if published else {},
+        _module=module,
+    )
+
+
+def score(outputs: Mapping[str, np.ndarray], targets: np.ndarray, task: str) -> dict[str, float]:
+    """Evaluation metrics of a model's outputs, named as in training (`val_*`)."""
+    if task == "regression":
+        error = outputs["value"].astype(np.float64) - targets.astype(np.float64)
+        return {
+            "val_loss": float(np.mean(error**2)),
+            "val_mae": float(np.mean(np.abs(error))),
+            "val_rmse": float(math.sqrt(np.mean(error**2))),
+        }
+    probabilities = np.clip(outputs["probabilities"].astype(np.float64), 1e-7, 1 - 1e-7)
+    index = targets.astype(np.int64)
+    scores = {
+        "val_loss": float(-np.mean(np.log(probabilities[np.arange(len(index)), index]))),
+        "val_accuracy": float(np.mean(outputs["class_index"] == index)),
+    }
+    if task == "binary":
+        scores["val_auc"] = _auc(probabilities[:, 1], index)
+    return scores
+
+
+def _auc(positive: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC by the rank statistic (ties get average ranks)."""
+    order = np.argsort(positive, kind="mergesort")
+    ranks = np.empty(len(positive))
+    sorted_scores = positive[order]
+    i = 0
+    while i < len(sorted_scores):
+        j = i
+        while j + 1 < len(sorted_scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -1,0 +1,325 @@
+"""The pipeline spec: a typed schema for `dags/pipelines/<name>.yaml`.
+
+`load_spec(path)` parses and validates one spec. Every problem becomes a `SpecError` whose
+message names the file, the line, the field path, what was expected and what was found. This
+module imports neither Airflow nor TensorFlow: the DAG factory and `contrail lint` both use it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.util
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from contrail.errors import SpecError
+
+_NAME_RE = r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$"
+_BUILD_FN_RE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+# Metrics each task reports, in training (`loss`) and in evaluation (`val_loss`).
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("loss", "accuracy", "auc"),
+    "multiclass": ("loss", "accuracy"),
+    "regression": ("loss", "mae", "rmse"),
+}
+_LOWER_IS_BETTER = {"loss", "mae", "rmse"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    """One input column. `float` and `int` are normalized; `string` gets a vocabulary."""
+
+    type: Literal["float", "int", "string"]
+    nullable: bool = False
+    max_vocab_size: int = Field(default=10_000, gt=0)
+
+
+class LabelSpec(_Strict):
+    column: str
+    task: Literal["binary", "multiclass", "regression"]
+
+
+class SplitSpec(_Strict):
+    eval_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+
+
+class DataSpec(_Strict):
+    source: str = Field(min_length=1)
+    format: Literal["parquet", "csv"] = "parquet"
+    key: str | None = None
+    label: LabelSpec
+    features: dict[str, FeatureSpec] = Field(min_length=1)
+    split: SplitSpec = SplitSpec()
+    shard_rows: int = Field(default=200_000, gt=0)
+    compression: Literal["gzip", "none"] = "gzip"
+    # Share of eval values outside the train vocabulary that is still accepted, per feature.
+    max_oov_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _columns_are_distinct(self) -> DataSpec:
+        if self.label.column in self.features:
+            raise ValueError(f"label column {self.label.column!r} must not also be a feature")
+        if self.key is not None and (self.key in self.features or self.key == self.label.column):
+            raise ValueError(f"key column {self.key!r} must not also be a feature or the label")
+        return self
+
+
+class ModelSpec(_Strict):
+    build_fn: str = Field(pattern=_BUILD_FN_RE)
+    params: dict[str, Any] = {}
+
+    @field_validator("params")
+    @classmethod
+    def _params_are_plain(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if not isinstance(item, (bool, int, float, str, list)) or (
+                isinstance(item, list) and not all(isinstance(x, (bool, int, float, str)) for x in item)
+            ):
+                raise ValueError(f"param {key!r} must be a scalar or a list of scalars, found {item!r}")
+        if "learning_rate" in value and not isinstance(value["learning_rate"], (int, float)):
+            raise ValueError(f"param 'learning_rate' must be a number, found {value['learning_rate']!r}")
+        return value
+
+    @property
+    def module(self) -> str:
+        return self.build_fn.split(":", 1)[0]
+
+    @property
+    def function(self) -> str:
+        return self.build_fn.split(":", 1)[1]
+
+
+class EarlyStoppingSpec(_Strict):
+    """Keras `EarlyStopping` vocabulary; `patience` counts evaluations, not steps."""
+
+    monitor: str = "val_loss"
+    mode: Literal["min", "max", "auto"] = "auto"
+    patience: int = Field(default=5, ge=0)
+    min_delta: float = Field(default=0.0, ge=0.0)
+    baseline: float | None = None
+    restore_best_weights: bool = True
+
+
+class TrainSpec(_Strict):
+    batch_size: int = Field(default=64, gt=0)
+    max_steps: int = Field(default=1000, gt=0)
+    eval_every_steps: int = Field(default=100, gt=0)
+    early_stopping: EarlyStoppingSpec | None = EarlyStoppingSpec()
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    seed: int = 42
+    deterministic: bool = False
+    keep_checkpoints: int = Field(default=3, ge=1)
+    shuffle_buffer: int = Field(default=10_000, gt=0)
+    strategy: Literal["default", "mirrored", "multi_worker_mirrored"] = "default"
+
+
+class PromoteSpec(_Strict):
+    metric: str = "val_loss"
+    mode: Literal["min", "max", "auto"] = "auto"
+    min_improvement: float = Field(default=0.0, ge=0.0)
+
+
+class ExportSpec(_Strict):
+    promote_if: PromoteSpec = PromoteSpec()
+
+
+class InferenceSpec(_Strict):
+    source: str | None = None
+    format: Literal["parquet", "csv"] = "parquet"
+    batch_size: int = Field(default=4096, gt=0)
+
+
+class PipelineSpec(_Strict):
+    name: str = Field(pattern=_NAME_RE)
+    description: str = ""
+    schedule: str | None = None
+    start_date: dt.date = dt.date(2026, 1, 1)
+    catchup: bool = False
+    retries: int = Field(default=1, ge=0)
+    tags: list[str] = []
+    data: DataSpec
+    model: ModelSpec
+    train: TrainSpec = TrainSpec()
+    export: ExportSpec = ExportSpec()
+    inference: InferenceSpec = InferenceSpec()
+
+    @model_validator(mode="after")
+    def _metrics_exist(self) -> PipelineSpec:
+        task = self.data.label.task
+        known = eval_metric_names(task) + TASK_METRICS[task]
+        checks = [("export.promote_if.metric", self.export.promote_if.metric)]
+        if self.train.early_stopping is not None:
+            checks.append(("train.early_stopping.monitor", self.train.early_stopping.monitor))
+        for field, metric in checks:
+            if metric not in known:
+                raise ValueError(
+                    f"{field}: expected one of {', '.join(known)} for a {task} label, found {metric!r}"
+                )
+        if self.export.promote_if.metric not in eval_metric_names(task):
+            raise ValueError(
+                "export.promote_if.metric: expected an evaluation metric "
+                f"({', '.join(eval_metric_names(task))}), found {self.export.promote_if.metric!r}"
+            )
+        return self
+
+    def hash(self) -> str:
+        """A stable content hash of the validated spec."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+def eval_metric_names(task: str) -> tuple[str, ...]:
+    return tuple(f"val_{name}" for name in TASK_METRICS[task])
+
+
+def metric_mode(metric: str, mode: str) -> str:
+    """Resolve `mode='auto'` as Keras does: losses and errors go down, the rest go up."""
+    if mode != "auto":
+        return mode
+    return "min" if metric.removeprefix("val_") in _LOWER_IS_BETTER else "max"
+
+
+class LoadedSpec(BaseModel):
+    """A validated spec together with where it came from."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    spec: PipelineSpec
+    path: Path
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path.parent
+
+
+def load_spec(path: str | Path, *, check_build_fn: bool = True) -> LoadedSpec:
+    """Read, validate and return the spec at `path`, or raise a `SpecError` that says why."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec: {exc.strerror or exc}") from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{path}: expected a mapping of spec fields, found {type(raw).__name__}")
+    try:
+        spec = PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        lines = _line_index(node)
+        raise SpecError(_format_validation_error(path, exc, lines)) from exc
+    if spec.name != path.stem:
+        raise SpecError(
+            f"{path}:{lines_for(node, ('name',))}: field 'name': expected the file name "
+            f"{path.stem!r} (one spec per file, named after its DAG), found {spec.name!r}"
+        )
+    loaded = LoadedSpec(spec=spec, path=path.resolve())
+    if check_build_fn:
+        _check_build_fn_module(loaded, node)
+    return loaded
+
+
+def _check_build_fn_module(loaded: LoadedSpec, node: yaml.Node) -> None:
+    """Find the build_fn's module without importing it (importing may pull in TensorFlow)."""
+    module = loaded.spec.model.module
+    local = loaded.model_dir / (module.replace(".", "/") + ".py")
+    if local.is_file():
+        return
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise SpecError(
+            f"{loaded.path}:{lines_for(node, ('model', 'build_fn'))}: field 'model.build_fn': "
+            f"expected an importable module, found no module {module!r} "
+            f"(looked for {local} and on sys.path)"
+        )
+
+
+def _line_index(node: yaml.Node | None) -> dict[tuple[str, ...], int]:
+    """Map each field path of a YAML document to its 1-based line."""
+    index: dict[tuple[str, ...], int] = {}
+
+    def walk(item: yaml.Node, path: tuple[str, ...]) -> None:
+        index.setdefault(path, item.start_mark.line + 1)
+        if isinstance(item, yaml.MappingNode):
+            for key, value in item.value:
+                child = (*path, str(key.value))
+                index[child] = key.start_mark.line + 1
+                walk(value, child)
+        elif isinstance(item, yaml.SequenceNode):
+            for i, value in enumerate(item.value):
+                walk(value, (*path, str(i)))
+
+    if node is not None:
+        walk(node, ())
+    return index
+
+
+def lines_for(node: yaml.Node | None, path: tuple[str, ...]) -> int:
+    index = _line_index(node)
+    while path and path not in index:
+        path = path[:-1]
+    return index.get(path, 1)
+
+
+def _format_validation_error(path: Path, exc: ValidationError, lines: dict[tuple[str, ...], int]) -> str:
+    problems = []
+    for error in exc.errors():
+        loc = tuple(str(p) for p in error["loc"])
+        field = ".".join(loc) or "<root>"
+        probe = loc
+        while probe and probe not in lines:
+            probe = probe[:-1]
+        line = lines.get(probe, 1)
+        kind = error["type"]
+        if kind == "missing":
+            problems.append(f"{path}:{line}: field '{field}': expected a value, found nothing (required)")
+        elif kind == "extra_forbidden":
+            parent = ".".join(loc[:-1])
+            problems.append(
+                f"{path}:{line}: field '{field}': expected no such field"
+                f"{' under ' + repr(parent) if parent else ''}, found {error['input']!r} (unknown field; check the spelling)"
+            )
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            if message.startswith("Input should be "):
+                message = "expected " + message.removeprefix("Input should be ")
+                problems.append(f"{path}:{line}: field '{field}': {message}, found {_show(error.get('input'))}")
+            else:
+                # Our own validators already say what was expected and what was found.
+                problems.append(f"{path}:{line}: field '{field}': {message}")
+    head = f"{path}: invalid pipeline spec ({len(problems)} problem{'s' * (len(problems) != 1)})"
+    return "\n".join([head, *("  " + p for p in problems)])
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) < 120 else text[:117] + "..."
+
+
+def discover_specs(directory: str | Path) -> list[Path]:
+    """Every spec file in `directory`, sorted so that DAG order is stable."""
+    directory = Path(directory)
+    return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+
+
+def is_valid_name(name: str) -> bool:
+    return re.match(_NAME_RE, name) is not None

@@ -1,0 +1,102 @@
+"""TFRecord files of `tf.train.Example`: writing shards, counting and verifying them.
+
+A missing value is an absent feature in the Example; readers fill it from the schema's
+default (NaN for floats, the int64 minimum for ints, the empty string for strings), and the
+in-graph preprocessing imputes it. TensorFlow is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from contrail.errors import CorruptRecordError
+
+INT_MISSING = np.iinfo(np.int64).min  # the int64 a missing int feature is read back as
+
+
+@dataclass(frozen=True)
+class EncodedColumn:
+    """One column ready to encode: the Example feature name, its list kind and its values."""
+
+    name: str
+    kind: str  # "float", "int" or "bytes"
+    values: list  # python scalars, None where missing
+
+
+def encode_examples(columns: Sequence[EncodedColumn], rows: Sequence[int]) -> Iterator[bytes]:
+    """Serialize the given rows of `columns` as `tf.train.Example` protos."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    for i in rows:
+        example = example_pb2.Example()
+        feature_map = example.features.feature
+        for column in columns:
+            value = column.values[i]
+            if value is None or (column.kind == "float" and isinstance(value, float) and math.isnan(value)):
+                continue
+            feature: feature_pb2.Feature = feature_map[column.name]
+            if column.kind == "float":
+                feature.float_list.value.append(value)
+            elif column.kind == "int":
+                feature.int64_list.value.append(value)
+            else:
+                feature.bytes_list.value.append(value.encode() if isinstance(value, str) else value)
+        yield example.SerializeToString()
+
+
+def write_shard(path: Path, records: Iterator[bytes], *, compression: str) -> int:
+    """Write serialized records to one TFRecord file; return how many were written."""
+    import tensorflow as tf
+
+    options = tf.io.TFRecordOptions(compression_type=_tf_compression(compression))
+    count = 0
+    with tf.io.TFRecordWriter(str(path), options) as writer:
+        for record in records:
+            writer.write(record)
+            count += 1
+    return count
+
+
+def count_records(path: Path, *, compression: str) -> int:
+    """Read a whole TFRecord file, checking every CRC, and count its records."""
+    import tensorflow as tf
+
+    count = 0
+    try:
+        for _ in tf.data.TFRecordDataset(str(path), compression_type=_tf_compression(compression)):
+            count += 1
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+        raise CorruptRecordError(
+            f"{path}: expected a whole TFRecord file, found corrupt data after record {count}: {exc.message}"
+        ) from exc
+    return count
+
+
+def verify_counts(files: Sequence[tuple[Path, int]], *, compression: str) -> None:
+    """Check each shard holds the record count its manifest recorded.
+
+    TFRecord readers return silently fewer records for a file cut at a record boundary or in a
+    header, so comparing with the manifest is the only check that catches such a cut.
+    """
+    for path, expected in files:
+        if not path.is_file():
+            raise CorruptRecordError(f"{path}: expected a TFRecord shard with {expected} records, found no file")
+        found = count_records(path, compression=compression)
+        if found != expected:
+            raise CorruptRecordError(
+                f"{path}: expected {expected} records (from the preprocess manifest), found {found}"
+            )
+
+
+def _tf_compression(compression: str) -> str:
+    return "GZIP" if compression == "gzip" else ""
+
+
+def shard_names(split: str, n_shards: int, compression: str) -> list[str]:
+    suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
+    return [f"{split}-{i:05d}-of-{n_shards:05d}{suffix}" for i in range(n_shards)]
