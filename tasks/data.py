@@ -117,6 +117,9 @@ def _checked(array: pa.ChunkedArray, column: Column, path: Path) -> pa.ChunkedAr
         array = array.cast(found.value_type)
         found = array.type
     kind = column.type.removeprefix("label:")
+    if pa.types.is_null(found):  # a column with no values at all (a header-only CSV, say)
+        array = array.cast({"float": pa.float64(), "regression": pa.float64(), "int": pa.int64()}.get(kind, pa.string()))
+        found = array.type
     if kind in ("float", "regression"):
         if not (pa.types.is_floating(found) or pa.types.is_integer(found) or pa.types.is_decimal(found)):
             raise SchemaMismatchError(f"{what}: expected a float column, found {found}")

@@ -20,7 +20,7 @@ def penguins_table() -> pa.Table:
     """The 344 Palmer penguins, as shipped inside the `palmerpenguins` wheel, with a row id."""
     path = importlib.resources.files("palmerpenguins") / "data" / "penguins.csv"
     with importlib.resources.as_file(path) as csv_path:
-        table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(null_values=["NA", ""]))
+        table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(null_values=["NA", ""], strings_can_be_null=True))
     table = table.set_column(
         table.schema.get_field_index("year"), "year", table.column("year").cast(pa.int64())
     )

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contrail import artifacts, export, serving
+from contrail.errors import InferenceError
+
+
+def _export(penguins_run, models_dir: Path, run_key: str, step_dir: Path, **extra) -> dict:
+    return export.run(
+        export.ExportArgs(
+            spec_path=str(penguins_run["spec"]), preprocess=penguins_run["preprocess"], train=penguins_run["train"],
+            best=penguins_run["best"], step_dir=str(step_dir), models_dir=str(models_dir), run_key=run_key,
+            dag_id="penguins", run_id=f"manual__{run_key}", **extra,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(penguins_run, tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    result = _export(penguins_run, base / "models", "r1", base / "runs" / "r1" / "export")
+    return {"base": base, "models": base / "models", "result": result}
+
+
+def test_first_export_is_version_1_and_production(exported):
+    result = exported["result"]
+    assert (result["version"], result["blessing"], result["promoted"]) == (1, "first_model", True)
+    production = json.loads((exported["models"] / "production.json").read_text())
+    assert production["version"] == 1 and production["blessing"]["decision"] == "first_model"
+    assert result["candidate_score"]["val_accuracy"] >= 0.9
+    assert result["parity_max_abs_diff"] <= 1e-6
+
+
+def test_version_carries_its_record(exported, penguins_run):
+    info = json.loads((exported["models"] / "1" / "contrail.json").read_text())
+    assert info["run_key"] == "r1" and info["dag_id"] == "penguins"
+    assert info["data_fingerprint"] == penguins_run["preprocess"]["fingerprint"]
+    assert info["selected"]["eval_index"] == penguins_run["best"]["eval_index"]
+    assert {"tensorflow", "keras", "pyarrow", "contrail", "python"} <= set(info["libraries"])
+    assert info["parity"]["fresh_process"] is True and info["parity"]["rows"] == penguins_run["preprocess"]["eval_records"]
+    assert set(info["signatures"]) == {"serving_default", "predict"}
+
+
+def test_rerun_of_the_same_run_publishes_nothing_new(exported, penguins_run):
+    step_dir = exported["base"] / "runs" / "r1" / "export"
+    (step_dir / "manifest.json").unlink()  # as if the task died after publishing
+    again = _export(penguins_run, exported["models"], "r1", step_dir)
+    assert again["version"] == 1 and again["blessing"] == "first_model"
+    assert sorted(p.name for p in exported["models"].iterdir() if p.name.isdigit()) == ["1"]
+
+
+def test_signatures_load_and_agree_in_a_fresh_process(exported, penguins_run):
+    script = f"""
+import json, numpy as np, tensorflow as tf
+m = tf.saved_model.load({str(exported['models'] / '1')!r})
+assert sorted(m.signatures) == ['predict', 'serving_default'], sorted(m.signatures)
+ds = tf.data.TFRecordDataset({penguins_run['preprocess']['eval_files']!r}, compression_type='GZIP')
+ser = tf.constant([r.numpy() for r in ds])
+a = m.signatures['serving_default'](examples=ser)
+pred = m.signatures['predict']
+names = sorted(pred.structured_input_signature[1])
+spec = {{n: tf.io.FixedLenFeature([], s.dtype, default_value=(float('nan') if s.dtype == tf.float32 else ('' if s.dtype == tf.string else None)))
+        for n, s in pred.structured_input_signature[1].items()}}
+spec['year'] = tf.io.FixedLenFeature([], tf.int64)
+b = pred(**tf.io.parse_example(ser, spec))
+print(json.dumps({{"names": names, "diff": float(np.max(np.abs(a['probabilities'] - b['probabilities']))),
+                  "labels": sorted(set(x.decode() for x in a['class_label'].numpy()))}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["names"] == sorted(["island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex", "year"])
+    assert report["diff"] <= 1e-6
+    assert set(report["labels"]) <= {"Adelie", "Chinstrap", "Gentoo"}
+
+
+def test_predict_signature_accepts_missing_values(exported):
+    model = serving.load_model(exported["base"], models_dir=exported["models"])
+    frame = model.predict(
+        [
+            {"island": "Biscoe", "bill_length_mm": None, "bill_depth_mm": float("nan"), "flipper_length_mm": 217.0,
+             "body_mass_g": 5000.0, "sex": None, "year": 2008},
+            {"island": "Atlantis", "bill_length_mm": 39.0, "bill_depth_mm": 18.0, "flipper_length_mm": 190.0,
+             "body_mass_g": 3700.0, "sex": "male", "year": 2009},
+        ]
+    )
+    assert len(frame) == 2 and set(frame["model_version"]) == {1}
+    assert frame["predicted_class"].tolist()[0] == "Gentoo"
+    assert np.allclose([sum(p) for p in frame["probabilities"]], 1.0, atol=1e-5)
+
+
+def test_not_better_keeps_production_and_says_why(exported, penguins_run):
+    second = _export(penguins_run, exported["models"], "r2", exported["base"] / "runs" / "r2" / "export")
+    assert second["version"] == 2
+    assert (second["blessing"], second["promoted"], second["production_version"]) == ("not_better", False, 1)
+    assert second["production_score"] == second["candidate_score"]  # same weights, same eval rows
+    assert json.loads((exported["models"] / "production.json").read_text())["version"] == 1
+    blessing = json.loads((exported["base"] / "runs" / "r2" / "export" / "blessing.json").read_text())
+    assert "does not beat production v1" in blessing["reason"]
+
+
+def test_force_promote(exported, penguins_run):
+    forced = _export(penguins_run, exported["models"], "r3", exported["base"] / "runs" / "r3" / "export", force_promote=True)
+    assert (forced["blessing"], forced["promoted"], forced["production_version"]) == ("forced", True, forced["version"])
+    production = json.loads((exported["models"] / "production.json").read_text())
+    assert production["version"] == forced["version"]
+    assert [h["decision"] for h in production["history"]] == ["first_model", "forced"]
+
+
+def test_concurrent_exports_get_distinct_versions(exported, penguins_run):
+    results, errors = {}, []
+
+    def go(key):
+        try:
+            results[key] = _export(penguins_run, exported["models"], key, exported["base"] / "runs" / key / "export")
+        except Exception as exc:  # noqa: BLE001 - surface any failure in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(k,)) for k in ("c1", "c2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert results["c1"]["version"] != results["c2"]["version"]
+    assert all(r["blessing"] == "not_better" for r in results.values())
+
+
+def test_missing_version_directory_names_the_path(exported):
+    with pytest.raises(InferenceError, match=r"models/99: expected a complete model version with saved_model\.pb"):
+        serving.load_model(exported["base"], version=99, models_dir=exported["models"])
+
+
+def test_manifest_records_parity(exported):
+    manifest = artifacts.read_manifest(exported["base"] / "runs" / "r1" / "export")
+    assert manifest["result"]["parity"]["tolerance"] == 1e-6

@@ -1,0 +1,188 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from contrail import artifacts, preprocess
+from contrail.demo import penguins_table
+from contrail.errors import CorruptRecordError, EmptyInputError, SchemaMismatchError, UnknownCategoryError
+
+
+def _run(spec_path: Path, source: str, step_dir: Path) -> dict:
+    return preprocess.run(preprocess.PreprocessArgs(str(spec_path), source, str(step_dir)))
+
+
+def _records(path: str) -> list[dict]:
+    import tensorflow as tf
+
+    out = []
+    for raw in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+        example = tf.train.Example.FromString(raw.numpy())
+        out.append({k: v for k, v in example.features.feature.items()})
+    return out
+
+
+def test_penguins_become_tfrecords_with_every_row_once(write_spec, penguins_dir, tmp_path):
+    spec = write_spec()
+    result = _run(spec, str(penguins_dir / "penguins" / "*.parquet"), tmp_path / "pre")
+    assert result["train_records"] + result["eval_records"] == result["input_rows"] == 344
+    ids = []
+    for path in result["train_files"] + result["eval_files"]:
+        ids += [r["row_id"].bytes_list.value[0].decode() for r in _records(path)]
+    assert sorted(ids) == sorted(penguins_table().column("row_id").to_pylist())
+    manifest = artifacts.read_manifest(tmp_path / "pre")
+    shard_counts = {o["path"]: o["records"] for o in manifest["outputs"] if "records" in o}
+    assert sum(shard_counts.values()) == 344
+    assert all(len(o["sha256"]) == 64 for o in manifest["outputs"])
+    # A missing value is an absent feature, not a zero.
+    missing_sex = [r for p in result["train_files"] + result["eval_files"] for r in _records(p) if "sex" not in r]
+    assert len(missing_sex) == 11
+
+
+def test_split_is_deterministic_and_keyed(write_spec, penguins_dir, tmp_path):
+    spec = write_spec()
+    source = str(penguins_dir / "penguins" / "*.parquet")
+    first = _run(spec, source, tmp_path / "a")
+    second = _run(spec, source, tmp_path / "b")
+    hashes = [
+        {o["path"]: o["sha256"] for o in artifacts.read_manifest(tmp_path / d)["outputs"]} for d in ("a", "b")
+    ]
+    assert hashes[0] == hashes[1]
+    # Keyed split: the same rows land in eval when the files are reordered and reshaped.
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    table = penguins_table()
+    order = np.random.default_rng(0).permutation(table.num_rows)
+    pq.write_table(table.take(pa.array(order)), shuffled / "all.parquet")
+    third = _run(spec, str(shuffled / "*.parquet"), tmp_path / "c")
+
+    def eval_ids(result):
+        return {r["row_id"].bytes_list.value[0] for p in result["eval_files"] for r in _records(p)}
+
+    assert eval_ids(first) == eval_ids(second) == eval_ids(third)
+    assert 0.15 < first["eval_records"] / 344 < 0.35
+
+
+def test_normalization_statistics_come_from_train_rows_only(write_spec, penguins_dir, tmp_path):
+    result = _run(write_spec(), str(penguins_dir / "penguins" / "*.parquet"), tmp_path / "pre")
+    schema = json.loads(Path(result["schema"]).read_text())
+    stats = json.loads(Path(result["stats"]).read_text())
+    train_masses = [
+        r["body_mass_g"].float_list.value[0] for p in result["train_files"] for r in _records(p) if "body_mass_g" in r
+    ]
+    mass = next(f for f in schema["features"] if f["name"] == "body_mass_g")
+    assert mass["mean"] == pytest.approx(np.mean(train_masses), rel=1e-6)
+    all_mean = np.nanmean(penguins_table().column("body_mass_g").to_numpy(zero_copy_only=False).astype(float))
+    assert mass["mean"] != pytest.approx(all_mean, rel=1e-9)
+    island = next(f for f in schema["features"] if f["name"] == "island")
+    assert sorted(island["vocabulary"]) == ["Biscoe", "Dream", "Torgersen"]
+    assert stats["features"]["sex"]["missing"] == 11
+    assert stats["features"]["bill_length_mm"]["missing"] == 2
+    assert schema["label"]["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
+
+
+def test_rerun_with_same_inputs_is_skipped(write_spec, penguins_dir, tmp_path):
+    spec, source = write_spec(), str(penguins_dir / "penguins" / "*.parquet")
+    first = _run(spec, source, tmp_path / "pre")
+    before = (tmp_path / "pre" / "manifest.json").stat().st_mtime_ns
+    second = _run(spec, source, tmp_path / "pre")
+    assert second.pop("reused") is True and first.pop("reused") is False
+    assert first == second
+    assert (tmp_path / "pre" / "manifest.json").stat().st_mtime_ns == before
+
+
+def test_csv_source_with_missing_values(write_spec, tmp_path):
+    csv = tmp_path / "csv"
+    csv.mkdir()
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(penguins_table(), csv / "penguins.csv")
+    spec = write_spec({"data": {"format": "csv", "source": str(csv / "*.csv")}})
+    result = _run(spec, str(csv / "*.csv"), tmp_path / "pre")
+    assert result["input_rows"] == 344
+
+
+class TestPreprocessInvalidInput:
+    def _write(self, tmp_path: Path, table: pa.Table) -> str:
+        directory = tmp_path / "bad"
+        directory.mkdir(exist_ok=True)
+        pq.write_table(table, directory / "part-0.parquet")
+        return str(directory / "*.parquet")
+
+    def test_missing_column(self, write_spec, tmp_path):
+        source = self._write(tmp_path, penguins_table().drop_columns(["island"]))
+        with pytest.raises(SchemaMismatchError, match=r"part-0\.parquet: expected column 'island', found only"):
+            _run(write_spec(), source, tmp_path / "pre")
+
+    def test_wrong_type(self, write_spec, tmp_path):
+        table = penguins_table()
+        table = table.set_column(table.schema.get_field_index("year"), "year", table.column("year").cast(pa.string()))
+        source = self._write(tmp_path, table)
+        with pytest.raises(SchemaMismatchError, match=r"Feature 'year' in .*part-0\.parquet: expected an int column, found string"):
+            _run(write_spec(), source, tmp_path / "pre")
+
+    def test_nan_in_non_nullable_feature(self, write_spec, tmp_path):
+        table = penguins_table().drop_null()
+        values = table.column("bill_depth_mm").to_numpy().copy()
+        values[5] = np.nan
+        table = table.set_column(table.schema.get_field_index("bill_depth_mm"), "bill_depth_mm", pa.array(values))
+        spec = write_spec({"data": {"features": {"bill_depth_mm": {"type": "float", "nullable": False}}}})
+        source = self._write(tmp_path, table)
+        with pytest.raises(SchemaMismatchError, match=r"Feature 'bill_depth_mm' in .*: expected finite values \(nullable: false\), found nan at row 5"):
+            _run(spec, source, tmp_path / "pre")
+
+    def test_null_label(self, write_spec, tmp_path):
+        table = penguins_table()
+        species = table.column("species").to_pylist()
+        species[3] = None
+        table = table.set_column(table.schema.get_field_index("species"), "species", pa.array(species))
+        with pytest.raises(SchemaMismatchError, match=r"Label 'species' in .*: expected no missing values.*first at row 3"):
+            _run(write_spec(), self._write(tmp_path, table), tmp_path / "pre")
+
+    def test_no_files(self, write_spec, tmp_path):
+        with pytest.raises(EmptyInputError, match=r"data\.source: expected at least one file, found none matching '.*nowhere/\*\.parquet'"):
+            _run(write_spec(), str(tmp_path / "nowhere" / "*.parquet"), tmp_path / "pre")
+
+    def test_zero_rows(self, write_spec, tmp_path):
+        source = self._write(tmp_path, penguins_table().slice(0, 0))
+        with pytest.raises(EmptyInputError, match=r"expected at least one data row, found 0 rows in 1 file"):
+            _run(write_spec(), source, tmp_path / "pre")
+
+    def test_header_only_csv(self, write_spec, tmp_path):
+        directory = tmp_path / "csv"
+        directory.mkdir()
+        (directory / "a.csv").write_text(",".join(penguins_table().column_names) + "\n")
+        spec = write_spec({"data": {"format": "csv"}})
+        with pytest.raises(EmptyInputError, match=r"found 0 rows"):
+            _run(spec, str(directory / "*.csv"), tmp_path / "pre")
+
+    def test_corrupt_parquet(self, write_spec, tmp_path):
+        source = self._write(tmp_path, penguins_table())
+        path = Path(source).parent / "part-0.parquet"
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(CorruptRecordError, match=r"part-0\.parquet: expected a readable Parquet file"):
+            _run(write_spec(), source, tmp_path / "pre")
+
+    def test_unknown_categories_in_eval_beyond_tolerance(self, write_spec, tmp_path):
+        table = penguins_table()
+        islands = [f"Island-{i}" if i % 3 == 0 else v for i, v in enumerate(table.column("island").to_pylist())]
+        table = table.set_column(table.schema.get_field_index("island"), "island", pa.array(islands))
+        with pytest.raises(UnknownCategoryError, match=r"Feature 'island' in .*: expected at most 5\.0% .* found \d+\.\d%"):
+            _run(write_spec(), self._write(tmp_path, table), tmp_path / "pre")
+
+    def test_failure_leaves_published_output_intact(self, write_spec, penguins_dir, tmp_path):
+        spec = write_spec()
+        good = _run(spec, str(penguins_dir / "penguins" / "*.parquet"), tmp_path / "pre")
+        manifest_before = (tmp_path / "pre" / "manifest.json").read_bytes()
+        bad = self._write(tmp_path, penguins_table().drop_columns(["sex"]))
+        with pytest.raises(SchemaMismatchError):
+            _run(spec, bad, tmp_path / "pre")
+        assert (tmp_path / "pre" / "manifest.json").read_bytes() == manifest_before
+        assert all(Path(p).is_file() for p in good["train_files"] + good["eval_files"])
+        assert not list(tmp_path.glob(".staging-*"))

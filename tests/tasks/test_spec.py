@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from contrail.errors import SpecError
+from contrail.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_shipped_spec_is_valid():
+    for path in sorted((ROOT / "dags" / "pipelines").glob("*.yaml")):
+        loaded = load_spec(path)
+        assert loaded.spec.name == path.stem
+
+
+def test_defaults_fill_what_the_spec_leaves_out(write_spec):
+    loaded = load_spec(write_spec({"train": {"early_stopping": {"monitor": "val_accuracy"}}}))
+    es = loaded.spec.train.early_stopping
+    assert (es.monitor, es.mode, es.min_delta) == ("val_accuracy", "min", 0.001)
+    assert loaded.spec.data.split.eval_fraction == 0.25
+
+
+def test_hash_changes_with_content(write_spec):
+    a = load_spec(write_spec()).spec.hash()
+    b = load_spec(write_spec({"train": {"max_steps": 7}})).spec.hash()
+    assert a != b
+
+
+class TestSpecInvalid:
+    @pytest.mark.parametrize(
+        ("changes", "pattern"),
+        [
+            pytest.param(
+                {"train": {"batch_size": "big"}},
+                r"field 'train\.batch_size': expected a valid integer.*found 'big'",
+                id="wrong-type",
+            ),
+            pytest.param(
+                {"train": {"patiense": 3}}, r"field 'train\.patiense': expected no such field", id="unknown-field"
+            ),
+            pytest.param(
+                {"data": {"format": "xlsx"}}, r"field 'data\.format': expected 'parquet' or 'csv', found 'xlsx'",
+                id="bad-choice",
+            ),
+            pytest.param(
+                {"data": {"label": {"column": "species", "task": "ranking"}}},
+                r"field 'data\.label\.task': expected 'binary', 'multiclass' or 'regression'",
+                id="bad-task",
+            ),
+            pytest.param(
+                {"train": {"early_stopping": {"monitor": "val_mae"}}},
+                r"train\.early_stopping\.monitor: expected one of .*val_accuracy.*found 'val_mae'",
+                id="metric-not-for-task",
+            ),
+            pytest.param(
+                {"model": {"build_fn": "no_such_module_anywhere:build"}},
+                r"field 'model\.build_fn': expected an importable module, found no module 'no_such_module_anywhere'",
+                id="missing-build-fn-module",
+            ),
+            pytest.param(
+                {"data": {"split": {"eval_fraction": 1.5}}},
+                r"field 'data\.split\.eval_fraction': expected less than 1.*found 1\.5",
+                id="out-of-range",
+            ),
+        ],
+    )
+    def test_error_names_file_line_field_expected_and_found(self, write_spec, changes, pattern):
+        path = write_spec(changes)
+        with pytest.raises(SpecError, match=pattern) as info:
+            load_spec(path)
+        assert re.search(rf"{re.escape(str(path))}:\d+", str(info.value)), "the error must name the file and line"
+
+    def test_missing_required_field(self, write_spec):
+        path = write_spec()
+        path.write_text(path.read_text().replace("  label:", "  labels:"))
+        with pytest.raises(SpecError, match=r"field 'data\.label': expected a value, found nothing"):
+            load_spec(path)
+
+    def test_line_number_points_at_the_field(self, write_spec):
+        path = write_spec({"train": {"batch_size": -3}})
+        line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "batch_size" in text)
+        with pytest.raises(SpecError, match=rf"{re.escape(path.name)}:{line}: field 'train\.batch_size'"):
+            load_spec(path)
+
+    def test_not_yaml(self, tmp_path):
+        path = tmp_path / "broken.yaml"
+        path.write_text("name: broken\ndata: [unclosed\n")
+        with pytest.raises(SpecError, match=r"broken\.yaml:\d+: not valid YAML"):
+            load_spec(path)
+
+    def test_name_must_match_file(self, write_spec):
+        path = write_spec()
+        renamed = path.with_name("other.yaml")
+        path.rename(renamed)
+        with pytest.raises(SpecError, match=r"field 'name': expected the file name 'other'.*found 'penguins'"):
+            load_spec(renamed)

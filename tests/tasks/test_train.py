@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from contrail import artifacts, train
+from contrail.errors import CorruptRecordError, TrainingError
+
+
+def test_penguins_model_learns_with_evaluations_and_checkpoints(penguins_run):
+    result = penguins_run["train"]
+    history = train.read_history(result["history"])
+    assert len(history) >= 3 and result["evaluations"] == len(history)
+    assert [r["eval_index"] for r in history] == list(range(1, len(history) + 1))
+    assert [r["step"] for r in history] == [25 * i for i in range(1, len(history) + 1)]
+    assert history[-1]["metrics"]["val_accuracy"] >= 0.9
+    assert history[0]["metrics"]["val_loss"] > min(r["metrics"]["val_loss"] for r in history)
+    assert result["stop_reason"] == "early_stopping"
+    # Stopped after exactly `patience` evaluations without improvement on val_loss.
+    assert history[-1]["wait"] == 5 and history[-1]["eval_index"] - history[-1]["best_eval_index"] == 5
+    kept = sorted(p.name for p in Path(result["checkpoint_dir"]).glob("ckpt-*"))
+    best = f"ckpt-{result['best_eval_index']:05d}"
+    last_three = [f"ckpt-{i:05d}" for i in range(len(history) - 2, len(history) + 1)]
+    assert kept == sorted({best, *last_three})
+    assert list((Path(result["step_dir"]) / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_rerun_after_a_lost_manifest_resumes_from_the_last_checkpoint(penguins_run, tmp_path):
+    step_dir = tmp_path / "train"
+    shutil.copytree(penguins_run["train"]["step_dir"], step_dir)
+    (step_dir / "manifest.json").unlink()
+    resumed = train.run(train.TrainArgs(str(penguins_run["spec"]), penguins_run["preprocess"], str(step_dir)))
+    assert resumed["stop_reason"] == "resumed_complete"
+    original = train.read_history(penguins_run["train"]["history"])
+    assert train.read_history(resumed["history"]) == original
+
+
+def test_rerun_with_manifest_is_skipped(penguins_run):
+    again = train.run(
+        train.TrainArgs(str(penguins_run["spec"]), penguins_run["preprocess"], penguins_run["train"]["step_dir"])
+    )
+    assert again["reused"] is True
+    assert {k: v for k, v in again.items() if k != "reused"} == {
+        k: v for k, v in penguins_run["train"].items() if k != "reused"
+    }
+
+
+class TestTrainInvalid:
+    def _train(self, spec_path, preprocess, tmp_path, **overrides):
+        return train.run(train.TrainArgs(str(spec_path), preprocess, str(tmp_path / "train"), **overrides))
+
+    def test_build_fn_that_raises(self, penguins_run, tmp_path):
+        spec = Path(shutil.copytree(penguins_run["spec"].parent, tmp_path / "spec")) / "penguins.yaml"
+        (spec.parent / "penguins_model.py").write_text("def build(features, params):\n    raise KeyError('units')\n")
+        with pytest.raises(TrainingError, match=r"penguins\.yaml: model\.build_fn='penguins_model:build' raised KeyError"):
+            self._train(spec, penguins_run["preprocess"], tmp_path)
+
+    def test_build_fn_with_wrong_output_shape(self, penguins_run, tmp_path):
+        spec = Path(shutil.copytree(penguins_run["spec"].parent, tmp_path / "spec")) / "penguins.yaml"
+        (spec.parent / "penguins_model.py").write_text(
+            "import keras\ndef build(features, params):\n    return keras.ops.expand_dims(features['year'], -1)\n"
+        )
+        with pytest.raises(TrainingError, match=r"expected a Keras tensor of shape \(batch, units\), found .* shape \(None, 1, 1\)"):
+            self._train(spec, penguins_run["preprocess"], tmp_path)
+
+    def test_nan_loss_fails_fast(self, penguins_run, tmp_path):
+        with pytest.raises(TrainingError, match=r"loss became NaN at evaluation 1, step 25"):
+            self._train(penguins_run["spec"], penguins_run["preprocess"], tmp_path, params={"learning_rate": 1e30})
+
+    def test_truncated_shard_is_caught_before_training(self, penguins_run, tmp_path):
+        pre_dir = Path(shutil.copytree(penguins_run["preprocess"]["step_dir"], tmp_path / "pre"))
+        pre = json.loads(json.dumps(penguins_run["preprocess"]).replace(penguins_run["preprocess"]["step_dir"], str(pre_dir)))
+        shard = Path(pre["train_files"][0])
+        import tensorflow as tf
+
+        records = [r.numpy() for r in tf.data.TFRecordDataset(str(shard), compression_type="GZIP")]
+        with tf.io.TFRecordWriter(str(shard), "GZIP") as writer:  # cut at a record boundary: readers see no error
+            for record in records[:-3]:
+                writer.write(record)
+        assert artifacts.read_manifest(pre_dir) is not None
+        with pytest.raises(CorruptRecordError, match=rf"{shard.name}: expected {len(records)} records .*found {len(records) - 3}"):
+            self._train(penguins_run["spec"], pre, tmp_path)
