@@ -35,6 +35,9 @@ demo: setup
 	$(ENV) contrail summary penguins "$(DEMO_RUN_ID)" --output artifacts/demo-summary.json
 
 test: setup
+	$(ENV) ruff check .
+	$(ENV) ruff format --check .
+	$(ENV) contrail lint
 	$(ENV) python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

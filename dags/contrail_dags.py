@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, Param
+
+from contrail import config
+from contrail.errors import SpecError
+from contrail.spec import LoadedSpec, discover_specs, load_spec
 from contrail_airflow.operators import (
     RESERVED_PARAMS,
     BatchInferenceOperator,
@@ -24,10 +28,6 @@ from contrail_airflow.operators import (
     SelectBestOperator,
     TrainOperator,
 )
-
-from contrail import config
-from contrail.errors import SpecError
-from contrail.spec import LoadedSpec, discover_specs, load_spec
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +47,26 @@ def trigger_params(loaded: LoadedSpec) -> dict[str, Param]:
             )
         params[name] = Param(value, description=f"model.params.{name} passed to build_fn", **_json_schema(name, value))
     params["max_steps"] = Param(
-        spec.train.max_steps, type="integer", minimum=1, maximum=100_000_000,
+        spec.train.max_steps,
+        type="integer",
+        minimum=1,
+        maximum=100_000_000,
         description="train.max_steps: stop after this many training steps at the latest",
     )
     params["batch_size"] = Param(
-        spec.train.batch_size, type="integer", minimum=1, maximum=1_048_576,
+        spec.train.batch_size,
+        type="integer",
+        minimum=1,
+        maximum=1_048_576,
         description="train.batch_size: examples per training step",
     )
     params["force_promote"] = Param(
         False, type="boolean", description="Promote the exported model even if it does not beat production"
     )
     params["data_source"] = Param(
-        None, type=["null", "string"], maxLength=1024,
+        None,
+        type=["null", "string"],
+        maxLength=1024,
         description="Replace data.source for this run: a glob under the data folder; Airflow macros work",
     )
     return params

@@ -1,14 +1,13 @@
 """`contrail`: the command line that works without a running Airflow.
 
-    contrail lint [SPEC ...]              validate specs (default: dags/pipelines/*.yaml)
-    contrail demo-data                     write the penguins demo data under the data folder
-    contrail summary PIPELINE RUN_ID       print a run's summary and write it as JSON
+contrail lint [SPEC ...]              validate specs (default: dags/pipelines/*.yaml)
+contrail demo-data                     write the penguins demo data under the data folder
+contrail summary PIPELINE RUN_ID       print a run's summary and write it as JSON
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,8 +30,10 @@ def _lint(args: argparse.Namespace) -> int:
             failures += 1
             print(str(exc), file=sys.stderr)
         else:
-            print(f"{path}: ok ({loaded.spec.name}, {len(loaded.spec.data.features)} features, "
-                  f"{loaded.spec.data.label.task})")
+            print(
+                f"{path}: ok ({loaded.spec.name}, {len(loaded.spec.data.features)} features, "
+                f"{loaded.spec.data.label.task})"
+            )
     return 1 if failures else 0
 
 
@@ -68,7 +69,9 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="contrail", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="contrail", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     lint = sub.add_parser("lint", help="validate pipeline specs")
     lint.add_argument("specs", nargs="*")

@@ -43,9 +43,7 @@ def resolve_files(pattern: str, *, field: str) -> list[Path]:
     return matches
 
 
-def required_columns(
-    features: Mapping[str, FeatureSpec], label: LabelSpec | None, key: str | None
-) -> list[Column]:
+def required_columns(features: Mapping[str, FeatureSpec], label: LabelSpec | None, key: str | None) -> list[Column]:
     columns = [Column(n, "feature", f.type, f.nullable) for n, f in features.items()]
     if label is not None:
         columns.append(Column(label.column, "label", f"label:{label.task}", False))
@@ -118,7 +116,9 @@ def _checked(array: pa.ChunkedArray, column: Column, path: Path) -> pa.ChunkedAr
         found = array.type
     kind = column.type.removeprefix("label:")
     if pa.types.is_null(found):  # a column with no values at all (a header-only CSV, say)
-        array = array.cast({"float": pa.float64(), "regression": pa.float64(), "int": pa.int64()}.get(kind, pa.string()))
+        array = array.cast(
+            {"float": pa.float64(), "regression": pa.float64(), "int": pa.int64()}.get(kind, pa.string())
+        )
         found = array.type
     if kind in ("float", "regression"):
         if not (pa.types.is_floating(found) or pa.types.is_integer(found) or pa.types.is_decimal(found)):
@@ -153,9 +153,7 @@ def _checked(array: pa.ChunkedArray, column: Column, path: Path) -> pa.ChunkedAr
         if pc.any(bad).as_py():
             row = _first_index(bad)
             value = array[row].as_py()
-            raise SchemaMismatchError(
-                f"{what}: expected finite values (nullable: false), found {value} at row {row}"
-            )
+            raise SchemaMismatchError(f"{what}: expected finite values (nullable: false), found {value} at row {row}")
     return array
 
 

@@ -20,10 +20,10 @@ def penguins_table() -> pa.Table:
     """The 344 Palmer penguins, as shipped inside the `palmerpenguins` wheel, with a row id."""
     path = importlib.resources.files("palmerpenguins") / "data" / "penguins.csv"
     with importlib.resources.as_file(path) as csv_path:
-        table = pacsv.read_csv(csv_path, convert_options=pacsv.ConvertOptions(null_values=["NA", ""], strings_can_be_null=True))
-    table = table.set_column(
-        table.schema.get_field_index("year"), "year", table.column("year").cast(pa.int64())
-    )
+        table = pacsv.read_csv(
+            csv_path, convert_options=pacsv.ConvertOptions(null_values=["NA", ""], strings_can_be_null=True)
+        )
+    table = table.set_column(table.schema.get_field_index("year"), "year", table.column("year").cast(pa.int64()))
     return table.add_column(0, "row_id", pa.array([f"penguin-{i:04d}" for i in range(table.num_rows)]))
 
 
@@ -61,7 +61,6 @@ def summarize(artifact_root: Path, pipeline: str, run_id: str) -> dict:
     history = read_history(train["history"])
     train_files = [o for o in manifests["preprocess"]["outputs"] if o["path"].startswith("train-")]
     eval_files = [o for o in manifests["preprocess"]["outputs"] if o["path"].startswith("eval-")]
-    reused = {s: bool(m["result"].get("reused")) or bool(m.get("reused_count")) for s, m in manifests.items()}
     return {
         "pipeline": pipeline,
         "run_id": run_id,
@@ -76,18 +75,22 @@ def summarize(artifact_root: Path, pipeline: str, run_id: str) -> dict:
         "evaluations": len(history),
         "stop_reason": train["stop_reason"],
         "best_checkpoint": {
-            "path": best["checkpoint"], "eval_index": best["eval_index"], "step": best["step"],
-            "metric": best["monitor"], "value": best["value"],
+            "path": best["checkpoint"],
+            "eval_index": best["eval_index"],
+            "step": best["step"],
+            "metric": best["monitor"],
+            "value": best["value"],
         },
         "model": {"dir": export["model_dir"], "version": export["version"]},
         "blessing": {
-            "decision": export["blessing"], "promoted": export["promoted"],
-            "production_version": export["production_version"], "candidate_score": export["candidate_score"],
+            "decision": export["blessing"],
+            "promoted": export["promoted"],
+            "production_version": export["production_version"],
+            "candidate_score": export["candidate_score"],
             "production_score": export["production_score"],
         },
         "predictions": {"paths": infer["predictions"], "rows": infer["rows"], "model_version": infer["model_version"]},
         "step_seconds": {s: m["timings"]["seconds"] for s, m in manifests.items()},
-        "step_executions": {s: m.get("executions", 1) for s, m in manifests.items()},
     }
 
 
@@ -107,5 +110,7 @@ def format_summary(summary: dict, reused_steps: list[str]) -> str:
         "  step seconds " + ", ".join(f"{k}={v:.1f}" for k, v in summary["step_seconds"].items()),
     ]
     if reused_steps:
-        lines.append(f"  reused       {len(reused_steps)}/5 steps were already done and were skipped: {', '.join(reused_steps)}")
+        lines.append(
+            f"  reused       {len(reused_steps)}/5 steps were already done and were skipped: {', '.join(reused_steps)}"
+        )
     return "\n".join(lines)

@@ -91,8 +91,13 @@ def run(args: ExportArgs) -> dict:
 
     candidate = serving.load_version_dir(models_dir / str(version), version)
     blessing = promote(
-        models_dir, candidate, serialized, targets, loaded.spec.export.promote_if.model_dump(),
-        force=args.force_promote, run_key=args.run_key,
+        models_dir,
+        candidate,
+        serialized,
+        targets,
+        loaded.spec.export.promote_if.model_dump(),
+        force=args.force_promote,
+        run_key=args.run_key,
     )
     with artifacts.staged_dir(step_dir) as staging:
         artifacts.write_json_atomic(staging / "blessing.json", blessing)
@@ -110,9 +115,13 @@ def run(args: ExportArgs) -> dict:
             "reused": False,
         }
         artifacts.write_manifest(
-            staging, step=STEP, fingerprint_=fp, inputs={"best": args.best["fingerprint"]},
+            staging,
+            step=STEP,
+            fingerprint_=fp,
+            inputs={"best": args.best["fingerprint"]},
             outputs=artifacts.describe_outputs(staging, ["blessing.json"]),
-            result={**result, "parity": parity}, started=started,
+            result={**result, "parity": parity},
+            started=started,
         )
     log.info("Exported version %d: %s", version, blessing["reason"])
     return result
@@ -227,13 +236,21 @@ class _LogWriter:
 
 
 def signature_description(schema: dict) -> dict:
-    inputs = {f["name"]: {"dtype": {"float": "float32", "int": "int64", "string": "string"}[f["type"]],
-                          "nullable": f["nullable"]} for f in schema["features"]}
+    inputs = {
+        f["name"]: {
+            "dtype": {"float": "float32", "int": "int64", "string": "string"}[f["type"]],
+            "nullable": f["nullable"],
+        }
+        for f in schema["features"]
+    }
     if schema["label"]["task"] == "regression":
         outputs = {"value": "float32 [batch]"}
     else:
-        outputs = {"probabilities": "float32 [batch, classes]", "class_index": "int64 [batch]",
-                   "class_label": "string [batch]"}
+        outputs = {
+            "probabilities": "float32 [batch, classes]",
+            "class_index": "int64 [batch]",
+            "class_label": "string [batch]",
+        }
     return {
         "serving_default": {"inputs": {"examples": "string [batch] of serialized tf.Example"}, "outputs": outputs},
         "predict": {"inputs": inputs, "outputs": outputs},
@@ -268,7 +285,9 @@ def _compare(name: str, got: dict, want: dict, what: str) -> float:
             if mismatches:
                 raise ExportError(f"{what}: output {key!r} differs from {name} on {mismatches} rows")
             continue
-        diff = float(np.max(np.abs(got[key].astype(np.float64) - expected.astype(np.float64)))) if expected.size else 0.0
+        diff = (
+            float(np.max(np.abs(got[key].astype(np.float64) - expected.astype(np.float64)))) if expected.size else 0.0
+        )
         if not diff <= PARITY_TOLERANCE:
             raise ExportError(
                 f"{what}: output {key!r} differs from {name} by {diff:.3g}, expected at most {PARITY_TOLERANCE}"
@@ -284,7 +303,9 @@ def check_parity(path: Path, serialized: np.ndarray, schema: dict, reference: di
     loaded = serving.load_version_dir(path, 0, published=False)
     by_examples = loaded.predict_examples(serialized)
     by_tensors = loaded.predict_arrays(model_lib.raw_features_from_serialized(serialized, schema))
-    diff = _compare("serving_default", by_tensors, {k: by_examples[k] for k in reference}, f"{path}: signature 'predict'")
+    diff = _compare(
+        "serving_default", by_tensors, {k: by_examples[k] for k in reference}, f"{path}: signature 'predict'"
+    )
     diff = max(diff, _compare("the in-memory model", by_examples, reference, f"{path}: signature 'serving_default'"))
     return {"rows": int(len(serialized)), "max_abs_diff": diff, "tolerance": PARITY_TOLERANCE}
 
@@ -294,8 +315,14 @@ def check_fresh_process(path: Path, preprocess: dict, reference: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "outputs.npz"
         command = [
-            sys.executable, "-m", "contrail.verify_export", str(path), out.as_posix(),
-            json.dumps({"files": preprocess["eval_files"], "compression": preprocess["compression"], "limit": PARITY_ROWS}),
+            sys.executable,
+            "-m",
+            "contrail.verify_export",
+            str(path),
+            out.as_posix(),
+            json.dumps(
+                {"files": preprocess["eval_files"], "compression": preprocess["compression"], "limit": PARITY_ROWS}
+            ),
         ]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
         proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -408,7 +435,10 @@ def promote(
                 "version": candidate.version,
                 "path": str(models_dir / str(candidate.version)),
                 "blessing": blessing,
-                "history": [*(current or {}).get("history", []), {k: blessing[k] for k in ("decision", "candidate_version", "previous_version", "time")}],
+                "history": [
+                    *(current or {}).get("history", []),
+                    {k: blessing[k] for k in ("decision", "candidate_version", "previous_version", "time")},
+                ],
             }
             artifacts.write_json_atomic(production_path, record)
         return blessing

@@ -64,9 +64,7 @@ def run(args: InferenceArgs) -> dict:
             if spec.data.key is not None:
                 predictions = predictions.add_column(0, spec.data.key, table.column(spec.data.key))
             if predictions.num_rows != table.num_rows:
-                raise InferenceError(
-                    f"{path}: expected {table.num_rows} prediction rows, found {predictions.num_rows}"
-                )
+                raise InferenceError(f"{path}: expected {table.num_rows} prediction rows, found {predictions.num_rows}")
             name = f"part-{i:05d}.parquet"
             pq.write_table(predictions, staging / name, write_page_checksum=True)
             outputs[name] = table.num_rows
@@ -75,7 +73,12 @@ def run(args: InferenceArgs) -> dict:
             elapsed = time.time() - started
             log.info(
                 "Scored %s: %d rows (%d/%d files, %d rows so far, %.0f rows/s, ETA %.0fs)",
-                path.name, table.num_rows, i + 1, len(files), rows_in, rows_in / max(elapsed, 1e-9),
+                path.name,
+                table.num_rows,
+                i + 1,
+                len(files),
+                rows_in,
+                rows_in / max(elapsed, 1e-9),
                 elapsed / max(done, 1) * (total_bytes - done),
             )
         result = {
@@ -87,8 +90,13 @@ def run(args: InferenceArgs) -> dict:
             "reused": False,
         }
         artifacts.write_manifest(
-            staging, step=STEP, fingerprint_=fp, inputs=inputs,
-            outputs=artifacts.describe_outputs(staging, list(outputs), outputs), result=result, started=started,
+            staging,
+            step=STEP,
+            fingerprint_=fp,
+            inputs=inputs,
+            outputs=artifacts.describe_outputs(staging, list(outputs), outputs),
+            result=result,
+            started=started,
         )
     log.info("Wrote %d predictions with model version %d to %s", rows_in, version, step_dir)
     return result
@@ -99,7 +107,9 @@ def _score(model: serving.LoadedModel, table: pa.Table, schema: dict, batch_size
     try:
         outputs = model.predict_arrays(inputs, batch_size=batch_size)
     except Exception as exc:  # broad: TF raises its own error types; name the rows that failed
-        raise InferenceError(f"{path}: the model could not score rows of this file: {type(exc).__name__}: {exc}") from exc
+        raise InferenceError(
+            f"{path}: the model could not score rows of this file: {type(exc).__name__}: {exc}"
+        ) from exc
     values = outputs.get("value", outputs.get("probabilities"))
     bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if bad.any():

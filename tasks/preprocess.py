@@ -104,7 +104,10 @@ def run(args: PreprocessArgs) -> dict:
         )
     log.info(
         "Preprocessed %d rows into %d train and %d eval records in %.1fs",
-        table.num_rows, len(train_idx), len(eval_idx), time.time() - started,
+        table.num_rows,
+        len(train_idx),
+        len(eval_idx),
+        time.time() - started,
     )
     return result
 
@@ -248,4 +251,3 @@ def _encoded_columns(table: pa.Table, spec: DataSpec) -> list[tfrecord.EncodedCo
     if spec.key is not None:
         columns.append(tfrecord.EncodedColumn(spec.key, "bytes", table.column(spec.key).to_pylist()))
     return columns
-

@@ -61,8 +61,13 @@ def run(args: SelectBestArgs) -> dict:
             "reused": False,
         }
         artifacts.write_manifest(
-            staging, step=STEP, fingerprint_=fp, inputs={"train": args.train["fingerprint"]},
-            outputs=artifacts.describe_outputs(staging, [BEST]), result=result, started=started,
+            staging,
+            step=STEP,
+            fingerprint_=fp,
+            inputs={"train": args.train["fingerprint"]},
+            outputs=artifacts.describe_outputs(staging, [BEST]),
+            result=result,
+            started=started,
         )
     log.info("Selected evaluation %d (step %d): %s", choice["eval_index"], choice["step"], choice["reason"])
     return result

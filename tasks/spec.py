@@ -164,9 +164,7 @@ class PipelineSpec(_Strict):
             checks.append(("train.early_stopping.monitor", self.train.early_stopping.monitor))
         for field, metric in checks:
             if metric not in known:
-                raise ValueError(
-                    f"{field}: expected one of {', '.join(known)} for a {task} label, found {metric!r}"
-                )
+                raise ValueError(f"{field}: expected one of {', '.join(known)} for a {task} label, found {metric!r}")
         if self.export.promote_if.metric not in eval_metric_names(task):
             raise ValueError(
                 "export.promote_if.metric: expected an evaluation metric "

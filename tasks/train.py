@@ -105,13 +105,20 @@ class _Trainer:
         model = model_lib.build_model(schema, self.loaded, self.params)
         model_lib.compile_model(model, schema["label"], train, self.params, spe)
         train_ds = model_lib.make_dataset(
-            self.preprocess["train_files"], schema, batch_size=train.batch_size,
-            compression=self.preprocess["compression"], training=True,
-            shuffle_buffer=train.shuffle_buffer, seed=train.seed,
+            self.preprocess["train_files"],
+            schema,
+            batch_size=train.batch_size,
+            compression=self.preprocess["compression"],
+            training=True,
+            shuffle_buffer=train.shuffle_buffer,
+            seed=train.seed,
         )
         eval_ds = model_lib.make_dataset(
-            self.preprocess["eval_files"], schema, batch_size=max(train.batch_size, 256),
-            compression=self.preprocess["compression"], training=False,
+            self.preprocess["eval_files"],
+            schema,
+            batch_size=max(train.batch_size, 256),
+            compression=self.preprocess["compression"],
+            training=False,
         )
         iterator = iter(train_ds)
         checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, iterator=iterator)
@@ -180,9 +187,16 @@ class _Trainer:
             eta = (train.max_steps - step) / rate if rate > 0 else float("nan")
             log.info(
                 "eval %d | step %d/%d | %.0f examples/s | %s | best %s=%.5g (eval %s) | patience left %d | ETA <= %.0fs",
-                eval_index, step, train.max_steps, examples_per_sec,
+                eval_index,
+                step,
+                train.max_steps,
+                examples_per_sec,
                 " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())),
-                es_spec.monitor, stopper.state.best, stopper.state.best_eval_index, stopper.patience_left, eta,
+                es_spec.monitor,
+                stopper.state.best,
+                stopper.state.best_eval_index,
+                stopper.patience_left,
+                eta,
             )
             if should_stop:
                 stop_reason = "early_stopping"
@@ -272,12 +286,22 @@ class _Trainer:
         }
         outputs = artifacts.describe_outputs(self.step_dir, [HISTORY])
         artifacts.write_manifest(
-            self.step_dir, step=STEP, fingerprint_=self.fp,
-            inputs={"examples": self.preprocess["fingerprint"]}, outputs=outputs, result=result, started=started,
+            self.step_dir,
+            step=STEP,
+            fingerprint_=self.fp,
+            inputs={"examples": self.preprocess["fingerprint"]},
+            outputs=outputs,
+            result=result,
+            started=started,
         )
         log.info(
             "Training stopped (%s) after %d evaluations at step %d; best %s=%.5g at evaluation %s",
-            stop_reason, len(history), last["step"], es_spec.monitor, stopper.state.best, stopper.state.best_eval_index,
+            stop_reason,
+            len(history),
+            last["step"],
+            es_spec.monitor,
+            stopper.state.best,
+            stopper.state.best_eval_index,
         )
         return result
 

@@ -105,7 +105,9 @@ def penguins_run(tmp_path_factory, penguins_dir) -> dict:
     spec_path.write_text(yaml.safe_dump(penguins_spec_dict(penguins_dir), sort_keys=False))
     run_dir = base / "artifacts" / "penguins" / "runs" / "r1"
     pre = preprocess.run(
-        preprocess.PreprocessArgs(str(spec_path), str(penguins_dir / "penguins" / "*.parquet"), str(run_dir / "preprocess"))
+        preprocess.PreprocessArgs(
+            str(spec_path), str(penguins_dir / "penguins" / "*.parquet"), str(run_dir / "preprocess")
+        )
     )
     trained = train.run(train.TrainArgs(str(spec_path), pre, str(run_dir / "train")))
     best = select_best.run(select_best.SelectBestArgs(str(spec_path), trained, str(run_dir / "select_best")))

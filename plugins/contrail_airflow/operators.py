@@ -51,8 +51,13 @@ class _ContrailOperator(BaseOperator):
         """Append this execution to the run's event log, then hand the result to XCom."""
         artifacts.record_event(
             self.paths().run(artifacts.run_key(context["run_id"])),
-            {"step": step, "reused": bool(result.get("reused")), "seconds": round(time.time() - started, 3),
-             "try_number": context["ti"].try_number, "run_id": context["run_id"]},
+            {
+                "step": step,
+                "reused": bool(result.get("reused")),
+                "seconds": round(time.time() - started, 3),
+                "try_number": context["ti"].try_number,
+                "run_id": context["run_id"],
+            },
         )
         return result
 
@@ -104,8 +109,10 @@ class TrainOperator(_ContrailOperator):
         started = time.time()
         overrides = self.overrides(context)
         args = train.TrainArgs(
-            spec_path=self.spec_path, preprocess=_require_dict(self.preprocess, "preprocess"),
-            step_dir=self.step_dir(context, train.STEP), params=overrides["model"],
+            spec_path=self.spec_path,
+            preprocess=_require_dict(self.preprocess, "preprocess"),
+            step_dir=self.step_dir(context, train.STEP),
+            params=overrides["model"],
             train_overrides=overrides["train"],
         )
         return self.record(context, train.STEP, train.run(args), started)
@@ -159,11 +166,17 @@ class ExportOperator(_ContrailOperator):
         started = time.time()
         overrides = self.overrides(context)
         args = export.ExportArgs(
-            spec_path=self.spec_path, preprocess=_require_dict(self.preprocess, "preprocess"),
-            train=_require_dict(self.train, "train"), best=_require_dict(self.best, "best"),
-            step_dir=self.step_dir(context, export.STEP), models_dir=str(self.paths().models),
-            run_key=artifacts.run_key(context["run_id"]), dag_id=self.dag_id, run_id=context["run_id"],
-            params=overrides["model"], force_promote=overrides["force_promote"],
+            spec_path=self.spec_path,
+            preprocess=_require_dict(self.preprocess, "preprocess"),
+            train=_require_dict(self.train, "train"),
+            best=_require_dict(self.best, "best"),
+            step_dir=self.step_dir(context, export.STEP),
+            models_dir=str(self.paths().models),
+            run_key=artifacts.run_key(context["run_id"]),
+            dag_id=self.dag_id,
+            run_id=context["run_id"],
+            params=overrides["model"],
+            force_promote=overrides["force_promote"],
         )
         return self.record(context, export.STEP, export.run(args), started)
 
@@ -189,7 +202,9 @@ class BatchInferenceOperator(_ContrailOperator):
 
         started = time.time()
         if not self.source:
-            raise SpecError(f"{self.spec_path}: field 'inference.source': expected a glob of files to score, found none")
+            raise SpecError(
+                f"{self.spec_path}: field 'inference.source': expected a glob of files to score, found none"
+            )
         args = inference.InferenceArgs(
             self.spec_path, self.source, self.step_dir(context, inference.STEP), str(self.paths().base)
         )
@@ -199,7 +214,8 @@ class BatchInferenceOperator(_ContrailOperator):
 def check_conf_keys(context: Context) -> None:
     """Airflow accepts any conf key; a misspelt override must fail loudly instead of being ignored."""
     conf = context["dag_run"].conf or {}
-    allowed = sorted(context["params"].keys())
+    # The DAG's declared params: context["params"] already has the conf keys merged in.
+    allowed = sorted(context["dag"].params.keys())
     unknown = sorted(set(conf) - set(allowed))
     if unknown:
         raise SpecError(
@@ -228,5 +244,7 @@ def resolve_source(operator: BaseOperator, context: Context, source: str) -> str
 
 def _require_dict(value: Any, name: str) -> dict:
     if not isinstance(value, dict):
-        raise ContrailError(f"upstream {name!r} result: expected a dict from XCom, found {type(value).__name__}: {value!r}")
+        raise ContrailError(
+            f"upstream {name!r} result: expected a dict from XCom, found {type(value).__name__}: {value!r}"
+        )
     return value

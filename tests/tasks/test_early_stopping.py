@@ -20,7 +20,9 @@ def _stops_at(values, **settings) -> int | None:
         pytest.param([1.0, 0.9, 0.95, 0.96, 0.97], {"patience": 3}, 5, id="patience-counts-evaluations"),
         pytest.param([1.0, 0.9, 0.95, 0.85, 0.86, 0.87], {"patience": 3}, None, id="improvement-resets-wait"),
         pytest.param([1.0, 0.995, 0.99], {"patience": 2, "min_delta": 0.01}, 3, id="min-delta"),
-        pytest.param([0.5, 0.6, 0.6, 0.6], {"monitor": "val_accuracy", "patience": 2}, 4, id="auto-mode-max-for-accuracy"),
+        pytest.param(
+            [0.5, 0.6, 0.6, 0.6], {"monitor": "val_accuracy", "patience": 2}, 4, id="auto-mode-max-for-accuracy"
+        ),
         pytest.param([1.0, 2.0], {"patience": 0}, 2, id="patience-zero"),
         # As in Keras: an evaluation that improves but misses the baseline does not reset `wait`.
         pytest.param([0.9, 0.95, 0.96], {"patience": 2, "baseline": 0.5}, 2, id="baseline-not-beaten"),

@@ -17,8 +17,12 @@ def pipeline_dir(penguins_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("inference") / "penguins"
     export.run(
         export.ExportArgs(
-            spec_path=str(penguins_run["spec"]), preprocess=penguins_run["preprocess"], train=penguins_run["train"],
-            best=penguins_run["best"], step_dir=str(base / "runs" / "r1" / "export"), models_dir=str(base / "models"),
+            spec_path=str(penguins_run["spec"]),
+            preprocess=penguins_run["preprocess"],
+            train=penguins_run["train"],
+            best=penguins_run["best"],
+            step_dir=str(base / "runs" / "r1" / "export"),
+            models_dir=str(base / "models"),
             run_key="r1",
         )
     )
@@ -59,7 +63,9 @@ def test_bad_row_fails_with_its_location_and_publishes_nothing(penguins_run, pip
     years[7] = None  # `year` is not nullable
     table = penguins_table().set_column(8, "year", pa.array(years, pa.int64()))
     step = "bad-row"
-    with pytest.raises(SchemaMismatchError, match=r"Feature 'year' in .*part-0\.parquet: expected no missing values.*first at row 7"):
+    with pytest.raises(
+        SchemaMismatchError, match=r"Feature 'year' in .*part-0\.parquet: expected no missing values.*first at row 7"
+    ):
         _infer(penguins_run, pipeline_dir, _write(tmp_path, table), step)
     assert not (pipeline_dir / "runs" / step).exists()
 
@@ -67,7 +73,9 @@ def test_bad_row_fails_with_its_location_and_publishes_nothing(penguins_run, pip
 def test_unknown_categories_beyond_tolerance(penguins_run, pipeline_dir, tmp_path):
     islands = ["Atlantis"] * 344
     table = penguins_table().set_column(2, "island", pa.array(islands))
-    with pytest.raises(UnknownCategoryError, match=r"Feature 'island' in .*: expected at most 5\.0%.*found 100\.0%, e\.g\. 'Atlantis'"):
+    with pytest.raises(
+        UnknownCategoryError, match=r"Feature 'island' in .*: expected at most 5\.0%.*found 100\.0%, e\.g\. 'Atlantis'"
+    ):
         _infer(penguins_run, pipeline_dir, _write(tmp_path, table), "oov")
 
 

@@ -49,9 +49,7 @@ def test_split_is_deterministic_and_keyed(write_spec, penguins_dir, tmp_path):
     source = str(penguins_dir / "penguins" / "*.parquet")
     first = _run(spec, source, tmp_path / "a")
     second = _run(spec, source, tmp_path / "b")
-    hashes = [
-        {o["path"]: o["sha256"] for o in artifacts.read_manifest(tmp_path / d)["outputs"]} for d in ("a", "b")
-    ]
+    hashes = [{o["path"]: o["sha256"] for o in artifacts.read_manifest(tmp_path / d)["outputs"]} for d in ("a", "b")]
     assert hashes[0] == hashes[1]
     # Keyed split: the same rows land in eval when the files are reordered and reshaped.
     shuffled = tmp_path / "shuffled"
@@ -123,7 +121,9 @@ class TestPreprocessInvalidInput:
         table = penguins_table()
         table = table.set_column(table.schema.get_field_index("year"), "year", table.column("year").cast(pa.string()))
         source = self._write(tmp_path, table)
-        with pytest.raises(SchemaMismatchError, match=r"Feature 'year' in .*part-0\.parquet: expected an int column, found string"):
+        with pytest.raises(
+            SchemaMismatchError, match=r"Feature 'year' in .*part-0\.parquet: expected an int column, found string"
+        ):
             _run(write_spec(), source, tmp_path / "pre")
 
     def test_nan_in_non_nullable_feature(self, write_spec, tmp_path):
@@ -133,7 +133,10 @@ class TestPreprocessInvalidInput:
         table = table.set_column(table.schema.get_field_index("bill_depth_mm"), "bill_depth_mm", pa.array(values))
         spec = write_spec({"data": {"features": {"bill_depth_mm": {"type": "float", "nullable": False}}}})
         source = self._write(tmp_path, table)
-        with pytest.raises(SchemaMismatchError, match=r"Feature 'bill_depth_mm' in .*: expected finite values \(nullable: false\), found nan at row 5"):
+        with pytest.raises(
+            SchemaMismatchError,
+            match=r"Feature 'bill_depth_mm' in .*: expected finite values \(nullable: false\), found nan at row 5",
+        ):
             _run(spec, source, tmp_path / "pre")
 
     def test_null_label(self, write_spec, tmp_path):
@@ -141,11 +144,16 @@ class TestPreprocessInvalidInput:
         species = table.column("species").to_pylist()
         species[3] = None
         table = table.set_column(table.schema.get_field_index("species"), "species", pa.array(species))
-        with pytest.raises(SchemaMismatchError, match=r"Label 'species' in .*: expected no missing values.*first at row 3"):
+        with pytest.raises(
+            SchemaMismatchError, match=r"Label 'species' in .*: expected no missing values.*first at row 3"
+        ):
             _run(write_spec(), self._write(tmp_path, table), tmp_path / "pre")
 
     def test_no_files(self, write_spec, tmp_path):
-        with pytest.raises(EmptyInputError, match=r"data\.source: expected at least one file, found none matching '.*nowhere/\*\.parquet'"):
+        with pytest.raises(
+            EmptyInputError,
+            match=r"data\.source: expected at least one file, found none matching '.*nowhere/\*\.parquet'",
+        ):
             _run(write_spec(), str(tmp_path / "nowhere" / "*.parquet"), tmp_path / "pre")
 
     def test_zero_rows(self, write_spec, tmp_path):
@@ -173,7 +181,9 @@ class TestPreprocessInvalidInput:
         table = penguins_table()
         islands = [f"Island-{i}" if i % 3 == 0 else v for i, v in enumerate(table.column("island").to_pylist())]
         table = table.set_column(table.schema.get_field_index("island"), "island", pa.array(islands))
-        with pytest.raises(UnknownCategoryError, match=r"Feature 'island' in .*: expected at most 5\.0% .* found \d+\.\d%"):
+        with pytest.raises(
+            UnknownCategoryError, match=r"Feature 'island' in .*: expected at most 5\.0% .* found \d+\.\d%"
+        ):
             _run(write_spec(), self._write(tmp_path, table), tmp_path / "pre")
 
     def test_failure_leaves_published_output_intact(self, write_spec, penguins_dir, tmp_path):

@@ -43,7 +43,8 @@ class TestSpecInvalid:
                 {"train": {"patiense": 3}}, r"field 'train\.patiense': expected no such field", id="unknown-field"
             ),
             pytest.param(
-                {"data": {"format": "xlsx"}}, r"field 'data\.format': expected 'parquet' or 'csv', found 'xlsx'",
+                {"data": {"format": "xlsx"}},
+                r"field 'data\.format': expected 'parquet' or 'csv', found 'xlsx'",
                 id="bad-choice",
             ),
             pytest.param(

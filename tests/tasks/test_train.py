@@ -55,7 +55,9 @@ class TestTrainInvalid:
     def test_build_fn_that_raises(self, penguins_run, tmp_path):
         spec = Path(shutil.copytree(penguins_run["spec"].parent, tmp_path / "spec")) / "penguins.yaml"
         (spec.parent / "penguins_model.py").write_text("def build(features, params):\n    raise KeyError('units')\n")
-        with pytest.raises(TrainingError, match=r"penguins\.yaml: model\.build_fn='penguins_model:build' raised KeyError"):
+        with pytest.raises(
+            TrainingError, match=r"penguins\.yaml: model\.build_fn='penguins_model:build' raised KeyError"
+        ):
             self._train(spec, penguins_run["preprocess"], tmp_path)
 
     def test_build_fn_with_wrong_output_shape(self, penguins_run, tmp_path):
@@ -63,7 +65,9 @@ class TestTrainInvalid:
         (spec.parent / "penguins_model.py").write_text(
             "import keras\ndef build(features, params):\n    return keras.ops.expand_dims(features['year'], -1)\n"
         )
-        with pytest.raises(TrainingError, match=r"expected a Keras tensor of shape \(batch, units\), found .* shape \(None, 1, 1\)"):
+        with pytest.raises(
+            TrainingError, match=r"expected a Keras tensor of shape \(batch, units\), found .* shape \(None, 1, 1\)"
+        ):
             self._train(spec, penguins_run["preprocess"], tmp_path)
 
     def test_nan_loss_fails_fast(self, penguins_run, tmp_path):
@@ -72,7 +76,9 @@ class TestTrainInvalid:
 
     def test_truncated_shard_is_caught_before_training(self, penguins_run, tmp_path):
         pre_dir = Path(shutil.copytree(penguins_run["preprocess"]["step_dir"], tmp_path / "pre"))
-        pre = json.loads(json.dumps(penguins_run["preprocess"]).replace(penguins_run["preprocess"]["step_dir"], str(pre_dir)))
+        pre = json.loads(
+            json.dumps(penguins_run["preprocess"]).replace(penguins_run["preprocess"]["step_dir"], str(pre_dir))
+        )
         shard = Path(pre["train_files"][0])
         import tensorflow as tf
 
@@ -81,5 +87,7 @@ class TestTrainInvalid:
             for record in records[:-3]:
                 writer.write(record)
         assert artifacts.read_manifest(pre_dir) is not None
-        with pytest.raises(CorruptRecordError, match=rf"{shard.name}: expected {len(records)} records .*found {len(records) - 3}"):
+        with pytest.raises(
+            CorruptRecordError, match=rf"{shard.name}: expected {len(records)} records .*found {len(records) - 3}"
+        ):
             self._train(penguins_run["spec"], pre, tmp_path)

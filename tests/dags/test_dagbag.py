@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from tests_support import ROOT, airflow_env
+
+PARSER = Path(__file__).with_name("parse_dags.py")
+EXPECTED_GRAPH = {
+    "preprocess": ["export", "train"],  # export also reads preprocess's XCom (the eval records)
+    "train": ["export", "select_best"],
+    "select_best": ["export"],
+    "export": ["batch_inference"],
+    "batch_inference": [],
+}
+
+
+def parse(dags_folder: Path, home: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(PARSER), str(dags_folder)],
+        env=airflow_env(home, AIRFLOW__CORE__DAGS_FOLDER=str(dags_folder)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_every_spec_becomes_a_dag_without_tensorflow(tmp_path):
+    report = parse(ROOT / "dags", tmp_path)
+    assert report["import_errors"] == {}
+    specs = sorted(p.stem for p in (ROOT / "dags" / "pipelines").glob("*.yaml"))
+    assert sorted(report["dags"]) == specs
+    for dag in report["dags"].values():
+        assert dag["tasks"] == EXPECTED_GRAPH
+        assert "contrail" in dag["tags"]
+    assert not report["tensorflow_imported"] and not report["keras_imported"] and not report["pyarrow_imported"]
+
+
+def test_trigger_form_params_have_types_bounds_and_defaults(tmp_path):
+    params = parse(ROOT / "dags", tmp_path)["dags"]["penguins"]["params"]
+    assert {k: params["max_steps"][k] for k in ("type", "minimum", "maximum")} == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 100_000_000,
+    }
+    assert params["learning_rate"]["type"] == "number" and params["learning_rate"]["exclusiveMinimum"] == 0
+    assert params["hidden_units"]["type"] == "array" and params["hidden_units"]["items"] == {"type": "integer"}
+    assert params["force_promote"]["type"] == "boolean"
+    assert params["data_source"]["type"] == ["null", "string"]
+    assert all(p.get("description") for p in params.values())
+
+
+def test_broken_spec_breaks_only_itself(tmp_path):
+    dags = tmp_path / "dags"
+    shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    broken = yaml.safe_load((dags / "pipelines" / "penguins.yaml").read_text())
+    broken["name"] = "broken"
+    broken["train"]["eval_every_steps"] = "often"
+    (dags / "pipelines" / "broken.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
+    report = parse(dags, tmp_path)
+    assert "penguins" in report["dags"] and "broken" not in report["dags"]
+    (message,) = report["import_errors"].values()
+    assert "broken.yaml" in message
+    assert "field 'train.eval_every_steps': expected a valid integer" in message
+    assert "found 'often'" in message

@@ -1,0 +1,121 @@
+"""The demo pipeline, run through Airflow (dag.test with a stable run id), twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tests_support import ROOT, airflow_env
+
+from contrail import artifacts
+from contrail.demo import write_penguins
+from contrail.train import read_history
+
+pytestmark = pytest.mark.slow
+RUN_ID = "manual__2026-01-01T00:00:00+00:00"
+
+
+def run_pipeline(home: Path, *extra: str, date: str = "2026-01-01") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "contrail_airflow.run", "penguins", date, *extra],
+        env=airflow_env(home),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def demo(airflow_home) -> dict:
+    write_penguins(airflow_home / "data")
+    first = run_pipeline(airflow_home)
+    assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
+    run_dir = airflow_home / "artifacts" / "penguins" / "runs" / artifacts.run_key(RUN_ID)
+    results = {
+        s: artifacts.read_manifest(run_dir / s)["result"]
+        for s in ("preprocess", "train", "select_best", "export", "inference")
+    }
+    return {"home": airflow_home, "run_dir": run_dir, "results": results, "log": first.stdout + first.stderr}
+
+
+def test_every_row_becomes_exactly_one_record(demo):
+    pre = demo["results"]["preprocess"]
+    manifest = artifacts.read_manifest(Path(pre["step_dir"]))
+    counts = [o["records"] for o in manifest["outputs"] if "records" in o]
+    assert sum(counts) == pre["train_records"] + pre["eval_records"] == pre["input_rows"] == 344
+
+
+def test_training_evaluated_at_least_three_times_and_learned(demo):
+    history = read_history(demo["results"]["train"]["history"])
+    assert len(history) >= 3
+    assert max(r["metrics"]["val_accuracy"] for r in history) >= 0.9
+    assert "eval 1 | step 25/2000" in demo["log"] and "ETA" in demo["log"]
+
+
+def test_selected_checkpoint_is_the_best_in_history(demo):
+    history = read_history(demo["results"]["train"]["history"])
+    best = demo["results"]["select_best"]
+    winner = min(history, key=lambda r: (r["metrics"]["val_loss"], r["eval_index"]))
+    assert best["eval_index"] == winner["eval_index"]
+    assert Path(best["checkpoint"]).name == f"ckpt-{winner['eval_index']:05d}"
+
+
+def test_saved_model_loads_in_a_fresh_process_with_agreeing_signatures(demo):
+    export = demo["results"]["export"]
+    assert (export["version"], export["blessing"]) == (1, "first_model")
+    assert export["candidate_score"]["val_accuracy"] >= 0.9
+    files = json.dumps(demo["results"]["preprocess"]["eval_files"])
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "saved_model_check.py"), export["model_dir"], files],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["signatures"] == ["predict", "serving_default"]
+    assert report["rows"] == demo["results"]["preprocess"]["eval_records"]
+    assert report["max_abs_diff"] <= 1e-6
+
+
+def test_predictions_have_one_row_per_input_row(demo):
+    inference = demo["results"]["inference"]
+    table = pa.concat_tables(pq.read_table(p) for p in inference["predictions"])
+    assert table.num_rows == inference["rows"] == 344
+    assert len(set(table.column("row_id").to_pylist())) == 344
+    assert set(table.column("model_version").to_pylist()) == {1}
+
+
+def test_second_run_skips_every_step_and_publishes_nothing(demo):
+    models = demo["home"] / "artifacts" / "penguins" / "models"
+    before = sorted(p.name for p in models.iterdir())
+    production = (models / "production.json").read_bytes()
+    second = run_pipeline(demo["home"])
+    assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-5000:]
+    events = artifacts.read_events(demo["run_dir"])
+    latest = {e["step"]: e for e in events}
+    assert all(latest[s]["reused"] for s in ("preprocess", "train", "select_best", "export", "inference"))
+    assert len(events) == 10
+    assert sorted(p.name for p in models.iterdir()) == before
+    assert (models / "production.json").read_bytes() == production
+    summary = subprocess.run(
+        [sys.executable, "-m", "contrail.cli", "summary", "penguins", RUN_ID],
+        env=airflow_env(demo["home"]),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "5/5 steps were already done" in summary.stdout
+    data = json.loads((demo["home"] / "artifacts" / "demo-summary.json").read_text())
+    assert data["idempotent_rerun"] is True and data["predictions"]["rows"] == 344
+    assert set(data["step_seconds"]) == {"preprocess", "train", "select_best", "export", "inference"}
+
+
+def test_unknown_conf_key_fails_the_run(demo):
+    bad = run_pipeline(demo["home"], "--conf", json.dumps({"max_step": 5}), date="2026-01-02")
+    assert bad.returncode == 1
+    assert "unknown conf key 'max_step'" in bad.stdout + bad.stderr

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from contrail import artifacts
+from contrail.errors import ContrailError, SpecError
+from contrail_airflow.operators import PreprocessOperator, TrainOperator, check_conf_keys, resolve_source
+
+
+def _context(params: dict | None = None, conf: dict | None = None, run_id: str = "manual__2026-01-01T00:00:00+00:00"):
+    params = {"max_steps": 100, "batch_size": 32, "force_promote": False, "data_source": None, **(params or {})}
+    return {
+        "run_id": run_id,
+        "params": params,
+        "dag_run": SimpleNamespace(conf=conf or {}),
+        "dag": SimpleNamespace(dag_id="penguins", params=dict.fromkeys(params)),
+        "ti": SimpleNamespace(try_number=1),
+    }
+
+
+def test_unknown_conf_key_is_rejected_with_the_allowed_keys():
+    with pytest.raises(
+        SpecError, match=r"unknown conf key 'max_step'; expected only batch_size, data_source, force_promote, max_steps"
+    ):
+        check_conf_keys(_context(conf={"max_step": 10}))
+
+
+def test_declared_conf_keys_pass():
+    check_conf_keys(_context(conf={"max_steps": 10, "force_promote": True}))
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        pytest.param("../../etc/*.parquet", id="parent-escape"),
+        pytest.param("s3://bucket/data/*.parquet", id="other-scheme"),
+        pytest.param("/tmp/elsewhere/*.parquet", id="absolute-outside"),
+    ],
+)
+def test_data_source_override_must_stay_under_the_data_folder(override, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTRAIL_DATA_DIR", str(tmp_path / "data"))
+    operator = PreprocessOperator(task_id="preprocess", source="x", spec_path="s.yaml", pipeline="penguins")
+    with pytest.raises(SpecError, match=r"param 'data_source': expected a path under .*/data, found"):
+        resolve_source(operator, _context({"data_source": override}), "spec-source")
+
+
+def test_data_source_override_under_the_data_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTRAIL_DATA_DIR", str(tmp_path / "data"))
+    operator = PreprocessOperator(task_id="preprocess", source="x", spec_path="s.yaml", pipeline="penguins")
+    resolved = resolve_source(operator, _context({"data_source": "penguins/2026-*.parquet"}), "spec-source")
+    assert resolved == str(tmp_path / "data" / "penguins" / "2026-*.parquet")
+    assert resolve_source(operator, _context(), "spec-source") == "spec-source"
+
+
+def test_preprocess_operator_writes_artifacts_and_returns_paths_only(write_spec, penguins_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTRAIL_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    spec = write_spec()
+    operator = PreprocessOperator(
+        task_id="preprocess",
+        source=str(penguins_dir / "penguins" / "*.parquet"),
+        spec_path=str(spec),
+        pipeline="penguins",
+    )
+    context = _context()
+    result = operator.execute(context)
+    json.dumps(result)  # XCom is JSON: small, and paths only
+    assert len(json.dumps(result)) < 4096
+    run_dir = tmp_path / "artifacts" / "penguins" / "runs" / artifacts.run_key(context["run_id"])
+    assert result["step_dir"] == str(run_dir / "preprocess")
+    assert artifacts.read_manifest(run_dir / "preprocess")["result"] == result
+    again = operator.execute(context)
+    assert again["reused"] is True
+    assert [e["reused"] for e in artifacts.read_events(run_dir)] == [False, True]
+
+
+def test_unresolved_upstream_result_is_a_clear_error(write_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTRAIL_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    operator = TrainOperator(
+        task_id="train", preprocess="{{ not rendered }}", spec_path=str(write_spec()), pipeline="penguins"
+    )
+    with pytest.raises(ContrailError, match=r"upstream 'preprocess' result: expected a dict from XCom, found str"):
+        operator.execute(_context())
