@@ -1,0 +1,155 @@
+"""A real Airflow for tests: api-server, scheduler and dag-processor on loopback.
+
+The processes run in their own sessions with their own AIRFLOW_HOME, database and ports, and
+`stop()` ends each whole process group, so a test leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from conftest import airflow_env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AirflowCluster:
+    def __init__(self, home: Path, *, components=("api-server", "scheduler", "dag-processor"), **env: str):
+        self.home = home
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = airflow_env(
+            home,
+            AIRFLOW__API__PORT=str(self.port),
+            AIRFLOW__API__HOST="127.0.0.1",
+            AIRFLOW__API__BASE_URL=self.base,
+            AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{self.base}/execution/",
+            AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
+            AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="5",
+            AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="1",
+            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="admin:admin,viewer:viewer",
+            **env,
+        )
+        self.components = components
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._token: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, timeout: float = 180) -> AirflowCluster:
+        subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"], env=self.env, check=True, capture_output=True
+        )
+        (self.home / "logs").mkdir(exist_ok=True)
+        for name in self.components:
+            args = {"scheduler": ["scheduler", "--skip-serve-logs"], "triggerer": ["triggerer", "--skip-serve-logs"]}
+            command = [sys.executable, "-m", "airflow", *args.get(name, [name])]
+            if name == "api-server":
+                command += ["--port", str(self.port), "--host", "127.0.0.1"]
+            log = (self.home / "logs" / f"{name}.log").open("ab")
+            self.procs[name] = subprocess.Popen(
+                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        self._wait(
+            lambda: httpx.get(f"{self.base}/api/v2/monitor/health", timeout=2).status_code == 200, timeout, "api-server"
+        )
+        return self
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.time() + 30
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> AirflowCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def logs(self, name: str) -> str:
+        return (self.home / "logs" / f"{name}.log").read_text(errors="replace")
+
+    # -- REST ------------------------------------------------------------------------------
+    def token(self, username: str = "admin", password: str = "admin") -> str:
+        response = httpx.post(f"{self.base}/auth/token", json={"username": username, "password": password}, timeout=10)
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+    def api(self, method: str, path: str, *, user: str = "admin", **kwargs: Any) -> httpx.Response:
+        if user == "admin":
+            self._token = self._token or self.token()
+            token = self._token
+        else:
+            token = self.token(user, user)
+        return httpx.request(
+            method, f"{self.base}/api/v2{path}", headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs
+        )
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
+        self._wait(lambda: self.api("GET", f"/dags/{dag_id}").status_code == 200, timeout, f"DAG {dag_id} to be parsed")
+
+    def trigger(self, dag_id: str, run_id: str, conf: dict | None = None, logical_date: str | None = None) -> dict:
+        body = {"dag_run_id": run_id, "logical_date": logical_date, "conf": conf or {}}
+        response = self.api("POST", f"/dags/{dag_id}/dagRuns", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            state = self.run_state(dag_id, run_id)
+            if state in ("success", "failed"):
+                return state
+            self._check_alive()
+            time.sleep(1)
+        raise TimeoutError(f"run {dag_id}/{run_id} still {state} after {timeout}s\n{self.logs('scheduler')[-3000:]}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict]:
+        body = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()
+        return {ti["task_id"]: ti for ti in body["task_instances"]}
+
+    def task_tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict]:
+        body = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries").json()
+        return body["task_instances"]
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.logs(name)[-3000:]}")
+
+    def _wait(self, ready, timeout: float, what: str) -> None:
+        deadline = time.time() + timeout
+        last: Exception | None = None
+        while time.time() < deadline:
+            self._check_alive()
+            try:
+                if ready():
+                    return
+            except (httpx.HTTPError, KeyError, json.JSONDecodeError) as exc:
+                last = exc
+            time.sleep(0.5)
+        raise TimeoutError(f"waited {timeout}s for {what}: {last}")
