@@ -49,6 +49,10 @@ class AirflowCluster:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout: float = 180) -> AirflowCluster:
+        # Known passwords for the test users: the simple auth manager keeps them in this file.
+        Path(self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).write_text(
+            json.dumps({"admin": "admin", "viewer": "viewer"})
+        )
         subprocess.run(
             [sys.executable, "-m", "airflow", "db", "migrate"], env=self.env, check=True, capture_output=True
         )
