@@ -160,6 +160,7 @@ def _export_new_version(args, loaded, params, schema, serialized, fp, models_dir
     try:
         write_saved_model(model, schema, staging)
         artifacts.write_json_atomic(staging / serving.SCHEMA_FILE, schema)
+        model_lib.save_warm_start(model, staging / model_lib.WARM_START_DIR)
         reference = _keras_outputs(model, model_lib.raw_features_from_serialized(serialized, schema), schema)
         parity = check_parity(staging, serialized, schema, reference)
         parity.update(check_fresh_process(staging, args.preprocess, reference))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -226,6 +227,55 @@ def raw_features_from_serialized(serialized: np.ndarray, schema: dict) -> dict[s
 def labels_from_serialized(serialized: np.ndarray, schema: dict) -> np.ndarray:
     parsed = tf.io.parse_example(tf.constant(serialized, dtype=tf.string), label_parse_spec(schema))
     return label_encoder(schema)(parsed[schema["label"]["column"]]).numpy()
+
+
+def distribution_strategy(name: str) -> tf.distribute.Strategy:
+    """The spec's `train.strategy`. `mirrored` replicates over every GPU, or over every logical
+    CPU when there is no GPU (so it can be exercised on a CPU-only machine)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    # Reads the cluster from TF_CONFIG; without it, a single worker.
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+WARM_START_DIR = "warm_start"
+
+
+def save_warm_start(model: keras.Model, directory: Path) -> None:
+    """Save the weights, and the layout they fit, so a later run can warm-start from them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tf.train.Checkpoint(model=model).write(str(directory / "ckpt"))
+    layout = [[w.path, list(w.shape)] for w in model.weights]
+    (directory / "layout.json").write_text(json.dumps(layout))
+
+
+def warm_start(model: keras.Model, version_dir: Path) -> None:
+    """Load the weights a published version was exported with, if the architecture matches."""
+    directory = version_dir / WARM_START_DIR
+    try:
+        saved = json.loads((directory / "layout.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise TrainingError(f"{directory}: expected warm-start weights in the model version, found none") from exc
+    ours = [[w.path, list(w.shape)] for w in model.weights]
+    # Compare positions and shapes: Keras numbers layer names per process (dense, dense_1, ...).
+    for i in range(max(len(saved), len(ours))):
+        theirs = saved[i] if i < len(saved) else None
+        mine = ours[i] if i < len(ours) else None
+        if theirs is None or mine is None or theirs[1] != mine[1]:
+            layer = (mine or theirs)[0].rsplit("/", 1)[0]
+            raise TrainingError(
+                f"warm start from {version_dir}: layer {layer!r} (weight {i}) differs: the production model has "
+                f"{_describe(theirs)}, this model has {_describe(mine)}"
+            )
+    tf.train.Checkpoint(model=model).read(str(directory / "ckpt")).expect_partial()
+
+
+def _describe(entry: list | None) -> str:
+    return "no such weight" if entry is None else f"{entry[0]} with shape {tuple(entry[1])}"
 
 
 def set_seeds(seed: int, deterministic: bool) -> None:

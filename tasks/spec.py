@@ -123,6 +123,8 @@ class TrainSpec(_Strict):
     keep_checkpoints: int = Field(default=3, ge=1)
     shuffle_buffer: int = Field(default=10_000, gt=0)
     strategy: Literal["default", "mirrored", "multi_worker_mirrored"] = "default"
+    # Start from the production model's weights when the architecture matches.
+    warm_start: bool = False
 
 
 class PromoteSpec(_Strict):

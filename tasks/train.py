@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from contrail import artifacts, tfrecord
 from contrail.errors import TrainingError
+from contrail.faults import failpoint
 from contrail.spec import LoadedSpec, TrainSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ STEP = "train"
 HISTORY = "history.jsonl"
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
+RUNNING = "running.json"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class TrainArgs:
     step_dir: str
     params: dict = field(default_factory=dict)  # trigger-time overrides of model.params
     train_overrides: dict = field(default_factory=dict)  # e.g. {"max_steps": 200, "batch_size": 32}
+    models_dir: str | None = None  # the pipeline's models/ folder: where train.warm_start looks
 
 
 def effective_config(loaded: LoadedSpec, params: dict, train_overrides: dict) -> tuple[dict, TrainSpec]:
@@ -52,6 +56,7 @@ def run(args: TrainArgs) -> dict:
     loaded = load_spec(args.spec_path)
     params, train = effective_config(loaded, args.params, args.train_overrides)
     step_dir = Path(args.step_dir)
+    warm_start_from = _warm_start_source(train, args.models_dir)
     fp = artifacts.fingerprint(
         {
             "step": STEP,
@@ -60,6 +65,7 @@ def run(args: TrainArgs) -> dict:
             "train": train.model_dump(),
             "build_fn": loaded.spec.model.build_fn,
             "build_fn_source": _build_fn_source_hash(loaded),
+            "warm_start_from": warm_start_from,
         }
     )
     reused = artifacts.reusable_result(step_dir, fp)
@@ -67,7 +73,18 @@ def run(args: TrainArgs) -> dict:
         log.info("Training for %s is complete and current; reusing %s", loaded.spec.name, step_dir)
         return reused
     _verify_examples(args.preprocess)
-    return _Trainer(loaded, params, train, args.preprocess, step_dir, fp).fit(started)
+    return _Trainer(loaded, params, train, args.preprocess, step_dir, fp, warm_start_from).fit(started)
+
+
+def _warm_start_source(train: TrainSpec, models_dir: str | None) -> str | None:
+    """The production version folder to warm-start from, if the spec asks and one exists."""
+    if not train.warm_start or not models_dir:
+        return None
+    production = Path(models_dir) / "production.json"
+    if not production.is_file():
+        log.info("train.warm_start: no production model in %s yet; starting from scratch", models_dir)
+        return None
+    return str(Path(models_dir) / str(artifacts.read_json(production)["version"]))
 
 
 def _build_fn_source_hash(loaded: LoadedSpec) -> str | None:
@@ -86,9 +103,18 @@ def _verify_examples(preprocess: dict) -> None:
 
 
 class _Trainer:
-    def __init__(self, loaded: LoadedSpec, params: dict, train: TrainSpec, preprocess: dict, step_dir: Path, fp: str):
+    def __init__(
+        self,
+        loaded: LoadedSpec,
+        params: dict,
+        train: TrainSpec,
+        preprocess: dict,
+        step_dir: Path,
+        fp: str,
+        warm_start_from: str | None = None,
+    ):
         self.loaded, self.params, self.train, self.preprocess = loaded, params, train, preprocess
-        self.step_dir, self.fp = step_dir, fp
+        self.step_dir, self.fp, self.warm_start_from = step_dir, fp, warm_start_from
         self.ckpt_root = step_dir / CHECKPOINTS
         self.schema = artifacts.read_json(Path(preprocess["schema"]))
 
@@ -101,18 +127,28 @@ class _Trainer:
 
         train, schema = self.train, self.schema
         model_lib.set_seeds(train.seed, train.deterministic)
-        spe = _steps_per_execution(train.eval_every_steps, train.max_steps)
-        model = model_lib.build_model(schema, self.loaded, self.params)
-        model_lib.compile_model(model, schema["label"], train, self.params, spe)
-        train_ds = model_lib.make_dataset(
-            self.preprocess["train_files"],
-            schema,
-            batch_size=train.batch_size,
-            compression=self.preprocess["compression"],
-            training=True,
-            shuffle_buffer=train.shuffle_buffer,
-            seed=train.seed,
-        )
+        self._mark_running()
+        strategy = model_lib.distribution_strategy(train.strategy)
+        self.replicas = strategy.num_replicas_in_sync
+        log.info("Training with the %s strategy over %d replica(s)", train.strategy, self.replicas)
+        # Keras' multi-step loop fails to compile under MirroredStrategy (a placeholder without
+        # a feed inside its while loop), so replicated training runs one step per call.
+        spe = 1 if strategy.num_replicas_in_sync > 1 else _steps_per_execution(train.eval_every_steps, train.max_steps)
+        with strategy.scope():
+            model = model_lib.build_model(schema, self.loaded, self.params)
+            model_lib.compile_model(model, schema["label"], train, self.params, spe)
+
+        def train_dataset(seed: int):
+            return model_lib.make_dataset(
+                self.preprocess["train_files"],
+                schema,
+                batch_size=train.batch_size,
+                compression=self.preprocess["compression"],
+                training=True,
+                shuffle_buffer=train.shuffle_buffer,
+                seed=seed,
+            )
+
         eval_ds = model_lib.make_dataset(
             self.preprocess["eval_files"],
             schema,
@@ -120,10 +156,20 @@ class _Trainer:
             compression=self.preprocess["compression"],
             training=False,
         )
-        iterator = iter(train_ds)
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, iterator=iterator)
         es_spec = train.early_stopping or EarlyStoppingSpec(patience=10**9)
-        state = self._restore(checkpoint)
+        if strategy.num_replicas_in_sync > 1:
+            # A tf.distribute iterator cannot be checkpointed: restore the model and optimizer,
+            # then continue with a shuffle seeded by the evaluation index reached.
+            checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+            state = self._restore(checkpoint)
+            seed = train.seed + (state["eval_index"] if state else 0)
+            iterator = iter(strategy.experimental_distribute_dataset(train_dataset(seed)))
+        else:
+            iterator = iter(train_dataset(train.seed))
+            checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, iterator=iterator)
+            state = self._restore(checkpoint)
+        if state is None and self.warm_start_from:
+            model_lib.warm_start(model, Path(self.warm_start_from))
         stopper = EvalEarlyStopping(es_spec, state["early_stopping"] if state else None)
         history: list[dict] = state["history"] if state else []
         step = int(model.optimizer.iterations.numpy())
@@ -144,13 +190,13 @@ class _Trainer:
             logs = {}
             for _ in range(math.ceil(round_steps / spe)):
                 logs = model.train_function(iterator)
+            failpoint(f"train.before_eval.{eval_index + 1}")
             train_seconds = time.time() - t0
             step = int(model.optimizer.iterations.numpy())
             train_metrics = {k: float(v) for k, v in model.get_metrics_result().items()} or {
                 k: float(v) for k, v in logs.items()
             }
-            val = model.evaluate(eval_ds, verbose=0, return_dict=True)
-            metrics = {**train_metrics, **{f"val_{k}": float(v) for k, v in val.items()}}
+            metrics = {**train_metrics, **_evaluate(model, eval_ds, schema, strategy.num_replicas_in_sync > 1)}
             eval_index += 1
             if any(math.isnan(v) for v in metrics.values()):
                 raise TrainingError(
@@ -244,12 +290,20 @@ class _Trainer:
             "early_stopping": es_state,
             "history": history,
         }
+        failpoint(f"train.checkpoint_write.{eval_index}")  # tensors written, state not yet
         artifacts.write_json_atomic(staging / STATE, state)
         if final.exists():  # left by an attempt whose history this one has rewound past
             shutil.rmtree(final)
         os.rename(staging, final)
         self._write_history(history)
         self._retain(es_state.get("best_eval_index"))
+
+    def _mark_running(self) -> None:
+        """Say who is training here: a person (or a test) can find the process to inspect."""
+        self.step_dir.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json_atomic(
+            self.step_dir / RUNNING, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        )
 
     def _write_history(self, history: list[dict]) -> None:
         path = self.step_dir / HISTORY
@@ -278,6 +332,8 @@ class _Trainer:
             "evaluations": len(history),
             "final_step": last["step"],
             "stop_reason": stop_reason,
+            "strategy": self.train.strategy,
+            "replicas": self.replicas,
             "monitor": es_spec.monitor,
             "best_value": stopper.state.best,
             "best_eval_index": stopper.state.best_eval_index,
@@ -304,6 +360,30 @@ class _Trainer:
             stopper.state.best_eval_index,
         )
         return result
+
+
+def _evaluate(model, eval_ds, schema: dict, replicated: bool) -> dict[str, float]:
+    """Metrics on the whole eval split, named `val_*`."""
+    if not replicated:
+        return {f"val_{k}": float(v) for k, v in model.evaluate(eval_ds, verbose=0, return_dict=True).items()}
+    # Keras' evaluate fails under MirroredStrategy with string inputs (it tries to AddN them
+    # across replicas): predict batch by batch instead, and score as export's blessing does.
+    import numpy as np
+
+    from contrail import serving
+
+    outputs, targets = [], []
+    for features, target in eval_ds:
+        outputs.append(model(features, training=False).numpy())
+        targets.append(target.numpy())
+    raw, target = np.concatenate(outputs), np.concatenate(targets)
+    task = schema["label"]["task"]
+    if task == "regression":
+        scored = {"value": raw.reshape(-1)}
+    else:
+        probabilities = np.concatenate([1 - raw, raw], axis=1) if task == "binary" else raw
+        scored = {"probabilities": probabilities, "class_index": probabilities.argmax(axis=1)}
+    return serving.score(scored, target, task)
 
 
 def _steps_per_execution(eval_every: int, max_steps: int, cap: int = 32) -> int:

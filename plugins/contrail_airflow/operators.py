@@ -114,6 +114,7 @@ class TrainOperator(_ContrailOperator):
             step_dir=self.step_dir(context, train.STEP),
             params=overrides["model"],
             train_overrides=overrides["train"],
+            models_dir=str(self.paths().models),
         )
         return self.record(context, train.STEP, train.run(args), started)
 
