@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from contrail import artifacts, data, tfrecord
+from contrail import artifacts, data, example_encoder, tfrecord
 from contrail.errors import EmptyInputError, UnknownCategoryError
 from contrail.spec import DataSpec, load_spec
 
@@ -71,16 +71,14 @@ def run(args: PreprocessArgs) -> dict:
     schema, stats = compute_schema_and_stats(table, train_idx, eval_idx, spec, loaded.spec.name)
     _check_oov(stats, spec, args.source)
 
-    encoded = _encoded_columns(table, spec)
+    encoded = example_encoder.encode_table(_encoded_columns(table, spec))
     with artifacts.staged_dir(step_dir) as staging:
         outputs = {}
         for split, idx in (("train", train_idx), ("eval", eval_idx)):
             n_shards = max(1, math.ceil(len(idx) / spec.shard_rows))
             names = tfrecord.shard_names(split, n_shards, spec.compression)
             for name, part in zip(names, np.array_split(idx, n_shards), strict=True):
-                written = tfrecord.write_shard(
-                    staging / name, tfrecord.encode_examples(encoded, part), compression=spec.compression
-                )
+                written = tfrecord.write_shard(staging / name, encoded.records(part), compression=spec.compression)
                 outputs[name] = written
                 log.info("Wrote %s: %d records", name, written)
         artifacts.write_json_atomic(staging / SCHEMA, schema)
@@ -239,15 +237,16 @@ def _check_oov(stats: dict, spec: DataSpec, source: str) -> None:
             )
 
 
-def _encoded_columns(table: pa.Table, spec: DataSpec) -> list[tfrecord.EncodedColumn]:
+def _encoded_columns(table: pa.Table, spec: DataSpec) -> list[tuple[str, str, pa.ChunkedArray]]:
+    """(name, Example list kind, values) for every feature, the label and the key."""
     kinds = {"float": "float", "int": "int", "string": "bytes"}
-    columns = [tfrecord.EncodedColumn(n, kinds[f.type], table.column(n).to_pylist()) for n, f in spec.features.items()]
+    columns = [(n, kinds[f.type], table.column(n)) for n, f in spec.features.items()]
     label = table.column(spec.label.column)
     if spec.label.task == "regression":
         label_kind = "float"
     else:
         label_kind = "bytes" if pa.types.is_string(label.type) else "int"
-    columns.append(tfrecord.EncodedColumn(spec.label.column, label_kind, label.to_pylist()))
+    columns.append((spec.label.column, label_kind, label))
     if spec.key is not None:
-        columns.append(tfrecord.EncodedColumn(spec.key, "bytes", table.column(spec.key).to_pylist()))
+        columns.append((spec.key, "bytes", table.column(spec.key)))
     return columns

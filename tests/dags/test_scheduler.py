@@ -1,0 +1,129 @@
+"""Contrail under a real Airflow: api-server, scheduler (LocalExecutor) and dag-processor.
+
+Runs are triggered over the REST API with auth, and executed by the scheduler in task
+processes, so a SIGKILL of the training process is a real task failure and the retry is a
+real Airflow retry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from airflow_cluster import AirflowCluster
+from tests_support import ROOT
+
+from contrail import artifacts
+from contrail.demo import write_penguins
+from contrail.train import read_history
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    home = tmp_path_factory.mktemp("cluster")
+    write_penguins(home / "data")
+    specs = home / "pipelines"
+    shutil.copytree(ROOT / "dags" / "pipelines", specs)
+    # A slower variant for the kill test: many short evaluation rounds, so a kill lands mid-run.
+    slow = yaml.safe_load((specs / "penguins.yaml").read_text())
+    slow["name"] = "penguins_slow"
+    slow["model"]["params"]["learning_rate"] = 0.0005
+    slow["train"].update(
+        eval_every_steps=5, early_stopping={"monitor": "val_loss", "patience": 12, "min_delta": 0.0005}
+    )
+    (specs / "penguins_slow.yaml").write_text(yaml.safe_dump(slow, sort_keys=False))
+    failpoints = home / "failpoints"
+    failpoints.mkdir()
+    with AirflowCluster(home, CONTRAIL_SPEC_DIR=str(specs), CONTRAIL_FAILPOINTS_DIR=str(failpoints)) as running:
+        running.failpoints = failpoints
+        running.wait_for_dag("penguins_slow")
+        yield running
+
+
+def _train_dir(cluster: AirflowCluster, dag_id: str, run_id: str) -> Path:
+    return cluster.home / "artifacts" / dag_id / "runs" / artifacts.run_key(run_id) / "train"
+
+
+def _reference_history(cluster: AirflowCluster, dag_id: str, run_id: str, tmp_path: Path) -> list[dict]:
+    """The same training, uninterrupted, in a fresh process."""
+    preprocess = artifacts.read_manifest(_train_dir(cluster, dag_id, run_id).parent / "preprocess")["result"]
+    args = {
+        "spec_path": cluster.env["CONTRAIL_SPEC_DIR"] + f"/{dag_id}.yaml",
+        "preprocess": preprocess,
+        "step_dir": str(tmp_path / "reference"),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "run_train.py"), json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_history(tmp_path / "reference" / "history.jsonl")
+
+
+def _comparable(history):
+    return [(r["eval_index"], r["step"], r["metrics"], r["best"], r["wait"]) for r in history]
+
+
+def test_sigkill_of_the_training_process_is_retried_and_resumes(cluster, tmp_path):
+    run_id = "kill-midway"
+    cluster.trigger("penguins_slow", run_id)
+    train_dir = _train_dir(cluster, "penguins_slow", run_id)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        history = train_dir / "history.jsonl"
+        if history.is_file() and len(history.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("training never reached its third evaluation")
+    pid = json.loads((train_dir / "running.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    killed_at = len(read_history(train_dir / "history.jsonl"))
+    assert cluster.wait_for_run("penguins_slow", run_id) == "success"
+    tries = cluster.task_tries("penguins_slow", run_id, "train")
+    assert [t["state"] for t in tries] == ["failed", "success"], tries
+    final = read_history(train_dir / "history.jsonl")
+    assert killed_at < len(final), "the kill landed before training finished"
+    assert [r["eval_index"] for r in final] == list(range(1, len(final) + 1))
+    reference = _reference_history(cluster, "penguins_slow", run_id, tmp_path)
+    assert _comparable(final) == _comparable(reference)  # same stopping evaluation; tolerance 0
+    manifest = artifacts.read_manifest(train_dir)
+    assert manifest["result"]["stop_reason"] == "early_stopping"
+    assert manifest["result"]["best_value"] == reference[-1]["best"]  # the early-stopping best carried over
+
+
+def test_kill_during_a_checkpoint_write_falls_back_to_the_previous_one(cluster, tmp_path):
+    run_id = "kill-in-checkpoint"
+    (cluster.failpoints / "train.checkpoint_write.3").touch()
+    cluster.trigger("penguins", run_id)
+    assert cluster.wait_for_run("penguins", run_id) == "success"
+    assert not (cluster.failpoints / "train.checkpoint_write.3").exists(), "the failpoint fired"
+    tries = cluster.task_tries("penguins", run_id, "train")
+    assert [t["state"] for t in tries] == ["failed", "success"]
+    train_dir = _train_dir(cluster, "penguins", run_id)
+    log = "".join(p.read_text() for p in (cluster.home / "logs").rglob("*.log") if "train" in str(p))
+    assert "Resumed from" in log and "ckpt-00002" in log
+    final = read_history(train_dir / "history.jsonl")
+    assert _comparable(final) == _comparable(_reference_history(cluster, "penguins", run_id, tmp_path))
+
+
+def test_rest_requires_auth_and_a_viewer_cannot_trigger(cluster):
+    anonymous = httpx.post(f"{cluster.base}/api/v2/dags/penguins/dagRuns", json={"logical_date": None}, timeout=10)
+    assert anonymous.status_code == 401
+    viewer = cluster.api("POST", "/dags/penguins/dagRuns", user="viewer", json={"logical_date": None})
+    assert viewer.status_code == 403
+    invalid = cluster.api("POST", "/dags/penguins/dagRuns", json={"logical_date": None, "conf": {"max_steps": 0}})
+    assert invalid.status_code == 400  # the Param's minimum is 1
