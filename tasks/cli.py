@@ -38,9 +38,10 @@ def _lint(args: argparse.Namespace) -> int:
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from contrail.demo import write_penguins
+    from contrail.demo import write_cars, write_penguins
 
-    written = write_penguins(Path(args.data_dir) if args.data_dir else config.data_dir())
+    data_dir = Path(args.data_dir) if args.data_dir else config.data_dir()
+    written = {**write_penguins(data_dir), **write_cars(data_dir)}
     for name, files in written.items():
         print(f"{name}: {', '.join(files)}")
     return 0

@@ -39,6 +39,36 @@ def write_penguins(data_dir: Path, parts: int = 2) -> dict[str, list[str]]:
     return written
 
 
+def cars_table() -> pa.Table:
+    """The 406 cars of the `vega_datasets` wheel (the classic auto-mpg data), with a row id.
+
+    The 8 cars without a Miles_per_Gallon (the label) are left out: a label must not be null.
+    """
+    path = importlib.resources.files("vega_datasets") / "_data" / "cars.json"
+    rows = [r for r in json.loads(path.read_text()) if r["Miles_per_Gallon"] is not None]
+    return pa.table(
+        {
+            "car_id": pa.array([f"car-{i:04d}" for i in range(len(rows))]),
+            "mpg": pa.array([r["Miles_per_Gallon"] for r in rows], pa.float64()),
+            "cylinders": pa.array([r["Cylinders"] for r in rows], pa.int64()),
+            "displacement": pa.array([r["Displacement"] for r in rows], pa.float64()),
+            "horsepower": pa.array([r["Horsepower"] for r in rows], pa.float64()),
+            "weight": pa.array([r["Weight_in_lbs"] for r in rows], pa.float64()),
+            "acceleration": pa.array([r["Acceleration"] for r in rows], pa.float64()),
+            "year": pa.array([int(r["Year"][:4]) for r in rows], pa.int64()),
+            "origin": pa.array([r["Origin"] for r in rows]),
+        }
+    )
+
+
+def write_cars(data_dir: Path) -> dict[str, list[str]]:
+    table = cars_table()
+    return {
+        "cars": [_write(table, data_dir / "cars" / "part-00000.parquet")],
+        "cars_to_score": [_write(table.drop_columns(["mpg"]), data_dir / "cars_to_score" / "part-00000.parquet")],
+    }
+
+
 def _write(table: pa.Table, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -286,12 +286,15 @@ def _compare(name: str, got: dict, want: dict, what: str) -> float:
             if mismatches:
                 raise ExportError(f"{what}: output {key!r} differs from {name} on {mismatches} rows")
             continue
-        diff = (
-            float(np.max(np.abs(got[key].astype(np.float64) - expected.astype(np.float64)))) if expected.size else 0.0
-        )
+        # 1e-6 absolute for values up to 1 (probabilities), relative beyond: float32 itself
+        # resolves only ~4e-6 at 32.0, so a regression output in miles per gallon needs the scale.
+        got_, want_ = got[key].astype(np.float64), expected.astype(np.float64)
+        scaled = np.abs(got_ - want_) / np.maximum(1.0, np.abs(want_))
+        diff = float(np.max(scaled)) if expected.size else 0.0
         if not diff <= PARITY_TOLERANCE:
             raise ExportError(
-                f"{what}: output {key!r} differs from {name} by {diff:.3g}, expected at most {PARITY_TOLERANCE}"
+                f"{what}: output {key!r} differs from {name} by {diff:.3g} (relative beyond 1.0), "
+                f"expected at most {PARITY_TOLERANCE}"
             )
         worst = max(worst, diff)
     return worst
@@ -380,20 +383,31 @@ def promote(
     mode = metric_mode(metric, rule["mode"])
     with promotion_lock(models_dir):
         production_path = models_dir / "production.json"
-        current = artifacts.read_json(production_path) if production_path.is_file() else None
+        current = _read_production(production_path)
         if current is not None and int(current["version"]) == candidate.version:
             log.info("Version %d is already production", candidate.version)
             return {**current["blessing"], "promoted": True}
         candidate_score = serving.score(candidate.predict_examples(serialized), targets, task)
-        production_score, note = None, None
+        production_score, note, schema_change = None, None, None
         if current is not None:
+            production_dir = models_dir / str(current["version"])
             try:
-                production = serving.load_version_dir(models_dir / str(current["version"]), int(current["version"]))
-                production_score = serving.score(production.predict_examples(serialized), targets, task)
-            except (InferenceError, ExportError, ValueError, KeyError) as exc:
-                note = f"the production model cannot score this eval data: {exc}"
-            except Exception as exc:  # broad: TF raises its own types when a schema changed shape
-                note = f"the production model cannot score this eval data: {type(exc).__name__}: {exc}"
+                production = serving.load_version_dir(production_dir, int(current["version"]))
+            except InferenceError as exc:
+                if not force:
+                    raise ExportError(
+                        f"{production_dir}: the production model named by {production_path} cannot be loaded, "
+                        f"so the candidate v{candidate.version} cannot be compared and nothing was promoted "
+                        f"({exc}). Restore that version, or trigger with force_promote."
+                    ) from exc
+                production = None
+                note = f"the production model at {production_dir} cannot be loaded"
+            if production is not None:
+                schema_change = _schema_change(production.schema, candidate.schema)
+                try:
+                    production_score = serving.score(production.predict_examples(serialized), targets, task)
+                except Exception as exc:  # broad: TF raises its own types when the schema changed shape
+                    note = f"production v{current['version']} cannot score this run's eval data ({type(exc).__name__})"
         value = candidate_score[metric]
         if force:
             decision, promoted = "forced", True
@@ -416,6 +430,10 @@ def promote(
                 f"{metric} {value:.6g} does not beat production v{current['version']} "
                 f"{production_score[metric]:.6g} ({mode}, min_improvement={rule['min_improvement']})"
             )
+        if schema_change:
+            reason += (
+                f"; the schema changed ({_describe_change(schema_change)}), so both were scored on this run's eval data"
+            )
         blessing = {
             "decision": decision,
             "promoted": promoted,
@@ -428,6 +446,9 @@ def promote(
             "previous_version": int(current["version"]) if current else None,
             "production_score": production_score,
             "eval_rows": int(len(targets)),
+            "compared_on": f"the eval split of run {run_key} ({len(targets)} rows), scored by both models",
+            "schema_change": schema_change,
+            "note": note,
             "run_key": run_key,
             "time": time.time(),
         }
@@ -443,6 +464,37 @@ def promote(
             }
             artifacts.write_json_atomic(production_path, record)
         return blessing
+
+
+def _read_production(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        record = artifacts.read_json(path)
+        int(record["version"])
+        return record
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ExportError(
+            f"{path}: expected a production record with an integer 'version', found an unreadable file "
+            f"({type(exc).__name__}: {exc}); nothing was promoted"
+        ) from exc
+
+
+def _schema_change(old: dict, new: dict) -> dict | None:
+    """Features added, removed or retyped between the production model and the candidate."""
+    before = {f["name"]: f["type"] for f in old["features"]}
+    after = {f["name"]: f["type"] for f in new["features"]}
+    change = {
+        "added": sorted(set(after) - set(before)),
+        "removed": sorted(set(before) - set(after)),
+        "retyped": sorted(n for n in set(before) & set(after) if before[n] != after[n]),
+    }
+    return change if any(change.values()) else None
+
+
+def _describe_change(change: dict) -> str:
+    parts = [f"{kind} {', '.join(names)}" for kind, names in change.items() if names]
+    return "; ".join(parts)
 
 
 def _library_versions() -> dict:

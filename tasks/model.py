@@ -185,18 +185,37 @@ def make_dataset(
     training: bool,
     shuffle_buffer: int = 10_000,
     seed: int | None = None,
+    records: int | None = None,
 ) -> tf.data.Dataset:
-    """Records → (raw features, target) batches. Batches before parsing: `parse_example` on a
-    whole batch is an order of magnitude faster than per-record parsing."""
+    """Records → (raw features, target) batches, parsed a whole batch at a time.
+
+    Training shuffles records when they fit in `shuffle_buffer`. Beyond that, per-record
+    shuffling costs more than the model step (measured: 70k examples/s against 250k), so
+    whole batches read from interleaved shards are shuffled instead; preprocess already wrote
+    the rows in a seeded random order, so a batch is a random sample of the split.
+    """
     parse = {**feature_parse_spec(schema), **label_parse_spec(schema)}
     label_column = schema["label"]["column"]
     encode_label = label_encoder(schema)
-    ds = tf.data.TFRecordDataset(
-        list(files), compression_type="GZIP" if compression == "gzip" else "", num_parallel_reads=min(2, len(files))
-    )
-    if training:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(batch_size, drop_remainder=False)
+    compression_type = "GZIP" if compression == "gzip" else ""
+    if training and records is not None and records > shuffle_buffer:
+        ds = tf.data.Dataset.from_tensor_slices(list(files)).shuffle(len(files), seed=seed).repeat()
+        ds = ds.interleave(
+            lambda f: tf.data.TFRecordDataset(f, compression_type=compression_type, buffer_size=1 << 20).batch(
+                batch_size
+            ),
+            cycle_length=min(2, len(files)),
+            num_parallel_calls=min(2, len(files)),
+            deterministic=True,
+        )
+        ds = ds.shuffle(max(2, shuffle_buffer // batch_size), seed=seed, reshuffle_each_iteration=True)
+    else:
+        ds = tf.data.TFRecordDataset(
+            list(files), compression_type=compression_type, num_parallel_reads=min(2, len(files))
+        )
+        if training:
+            ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.batch(batch_size, drop_remainder=False)
 
     def to_pair(serialized):
         parsed = tf.io.parse_example(serialized, parse)

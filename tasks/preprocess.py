@@ -62,7 +62,9 @@ def run(args: PreprocessArgs) -> dict:
         raise EmptyInputError(f"{args.source}: expected at least one data row, found 0 rows in {len(files)} file(s)")
 
     is_eval = split_mask(table, origins, spec)
-    train_idx, eval_idx = np.flatnonzero(~is_eval), np.flatnonzero(is_eval)
+    # Rows are written in a seeded random order, so training can shuffle whole batches.
+    rng = np.random.default_rng(spec.split.seed)
+    train_idx, eval_idx = rng.permutation(np.flatnonzero(~is_eval)), np.flatnonzero(is_eval)
     if len(train_idx) == 0 or len(eval_idx) == 0:
         raise EmptyInputError(
             f"{args.source}: expected rows in both splits (eval_fraction={spec.split.eval_fraction}), "

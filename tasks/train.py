@@ -147,6 +147,7 @@ class _Trainer:
                 training=True,
                 shuffle_buffer=train.shuffle_buffer,
                 seed=seed,
+                records=self.preprocess["train_records"],
             )
 
         eval_ds = model_lib.make_dataset(

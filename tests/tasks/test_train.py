@@ -91,3 +91,19 @@ class TestTrainInvalid:
             CorruptRecordError, match=rf"{shard.name}: expected {len(records)} records .*found {len(records) - 3}"
         ):
             self._train(penguins_run["spec"], pre, tmp_path)
+
+
+def test_large_splits_shuffle_whole_batches_and_still_learn(penguins_run, tmp_path):
+    """With more train records than `shuffle_buffer`, training shuffles batches of the
+    (pre-shuffled) shard instead of records; one shard must work too."""
+    result = train.run(
+        train.TrainArgs(
+            str(penguins_run["spec"]),
+            penguins_run["preprocess"],
+            str(tmp_path / "train"),
+            train_overrides={"shuffle_buffer": 64},
+        )
+    )
+    history = train.read_history(result["history"])
+    assert len(penguins_run["preprocess"]["train_files"]) == 1
+    assert max(r["metrics"]["val_accuracy"] for r in history) >= 0.9

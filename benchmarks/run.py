@@ -1,0 +1,313 @@
+"""Contrail benchmarks: each figure beside its baseline, as a ratio measured in the same run.
+
+    scripts/env python benchmarks/run.py [--rows 1000000] [--only train,encode,inference,parse]
+
+Sections:
+  train      Contrail's training loop fed from TFRecords, vs `model.fit` on the same rows held
+             in memory as numpy arrays (the ceiling), same model, batch size and steps.
+  encode     Arrow table -> serialized tf.Example: one protobuf object per row (naive) vs
+             Contrail's vectorized encoder.
+  inference  rows/s through the exported `predict` and `serving_default` signatures vs
+             `model.predict` on in-memory numpy, per batch size.
+  parse      importing the DAG folder with 20 specs (no TensorFlow).
+
+Prints a table and writes benchmarks/results.json. Timings are medians of `--repeat` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+RESULTS: list[dict] = []
+
+
+def record(section: str, name: str, value: float, baseline_name: str, baseline: float, unit: str) -> None:
+    ratio = value / baseline if baseline else float("nan")
+    RESULTS.append(
+        {
+            "section": section,
+            "figure": name,
+            "value": value,
+            "baseline": baseline_name,
+            "baseline_value": baseline,
+            "ratio": ratio,
+            "unit": unit,
+        }
+    )
+    print(
+        f"{section:10s} {name:42s} {value:14,.0f} {unit:8s} vs {baseline_name:34s} {baseline:14,.0f}  ratio {ratio:6.2f}"
+    )
+
+
+def median_time(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def synthetic(rows: int, features: int = 20, seed: int = 0) -> pa.Table:
+    """`features` float32 columns and a binary label that depends on them (learnable)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, features)).astype(np.float32)
+    weights = rng.standard_normal(features)
+    label = (x @ weights + 0.5 * rng.standard_normal(rows) > 0).astype(np.int64)
+    columns = {f"x{i:02d}": x[:, i] for i in range(features)}
+    columns["label"] = label
+    return pa.table(columns)
+
+
+def synthetic_spec(directory: Path, source: str, features: int, **train) -> Path:
+    spec = {
+        "name": "bench",
+        "data": {
+            "source": source,
+            "label": {"column": "label", "task": "binary"},
+            "features": {f"x{i:02d}": {"type": "float"} for i in range(features)},
+            "split": {"eval_fraction": 0.02, "seed": 1},
+            "compression": "none",
+            "shard_rows": 250_000,
+        },
+        "model": {"build_fn": "bench_model:build", "params": {"hidden_units": [32, 16], "learning_rate": 0.001}},
+        "train": {"early_stopping": None, "eval_every_steps": 10_000, "seed": 1, **train},
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dags" / "pipelines" / "penguins_model.py", directory / "bench_model.py")
+    path = directory / "bench.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def bench_train(work: Path, rows: int, repeat: int) -> None:
+    import keras
+
+    from contrail import model as model_lib
+    from contrail import preprocess, train
+    from contrail.spec import load_spec
+
+    table = synthetic(rows)
+    (work / "data").mkdir()
+    pq.write_table(table, work / "data" / "part-0.parquet")
+    for batch_size in (256, 1024):
+        steps = min(rows // batch_size, 2000)
+        spec_path = synthetic_spec(
+            work / f"spec{batch_size}",
+            str(work / "data" / "*.parquet"),
+            20,
+            batch_size=batch_size,
+            max_steps=steps,
+            eval_every_steps=steps,
+        )
+        pre = preprocess.run(
+            preprocess.PreprocessArgs(str(spec_path), str(work / "data" / "*.parquet"), str(work / f"pre{batch_size}"))
+        )
+        ours = []
+        for i in range(repeat):
+            result = train.run(train.TrainArgs(str(spec_path), pre, str(work / f"train{batch_size}-{i}")))
+            ours.append(train.read_history(result["history"])[0]["examples_per_sec"])
+        # The ceiling: the same model and steps, fit on numpy arrays already in memory.
+        loaded = load_spec(spec_path)
+        schema = json.loads(Path(pre["schema"]).read_text())
+        x = {f"x{i:02d}": table.column(f"x{i:02d}").to_numpy() for i in range(20)}
+        y = table.column("label").to_numpy().astype(np.float32)
+        ceiling = []
+        for _ in range(repeat):
+            keras.utils.set_random_seed(1)
+            model = model_lib.build_model(schema, loaded, loaded.spec.model.params)
+            model_lib.compile_model(
+                model,
+                schema["label"],
+                loaded.spec.train,
+                loaded.spec.model.params,
+                train._steps_per_execution(steps, steps),
+            )
+            model.fit(x, y, batch_size=batch_size, steps_per_epoch=32, epochs=1, verbose=0)  # build and trace
+            start = time.perf_counter()
+            model.fit(x, y, batch_size=batch_size, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=True)
+            ceiling.append(steps * batch_size / (time.perf_counter() - start))
+        record(
+            "train",
+            f"TFRecord pipeline + fit loop, batch {batch_size}",
+            statistics.median(ours),
+            "model.fit on in-memory numpy",
+            statistics.median(ceiling),
+            "ex/s",
+        )
+
+
+def bench_encode(rows: int, repeat: int) -> None:
+    from contrail import example_encoder, tfrecord
+
+    table = synthetic(rows)
+    columns = [(n, "float", table.column(n)) for n in table.column_names[:-1]] + [
+        ("label", "int", table.column("label"))
+    ]
+    naive_rows = min(rows, 50_000)
+    naive_columns = [tfrecord.EncodedColumn(n, k, a.to_pylist()[:naive_rows]) for n, k, a in columns]
+    naive = median_time(lambda: sum(1 for _ in tfrecord.encode_examples(naive_columns, range(naive_rows))), repeat)
+    fast = median_time(lambda: example_encoder.encode_table(columns), repeat)
+    record(
+        "encode",
+        "vectorized encoder, 20 floats + int label",
+        rows / fast,
+        "protobuf object per row",
+        naive_rows / naive,
+        "rows/s",
+    )
+    strings = columns[:5] + [
+        ("s", "bytes", pa.array(np.random.default_rng(0).choice(["red", "green", "blue-ish"], rows)))
+    ]
+    naive_s = [
+        tfrecord.EncodedColumn(n, k, (a.to_pylist() if hasattr(a, "to_pylist") else list(a))[:naive_rows])
+        for n, k, a in strings
+    ]
+    naive_t = median_time(lambda: sum(1 for _ in tfrecord.encode_examples(naive_s, range(naive_rows))), repeat)
+    fast_t = median_time(lambda: example_encoder.encode_table(strings), repeat)
+    record(
+        "encode",
+        "vectorized encoder, 5 floats + 1 string",
+        rows / fast_t,
+        "protobuf object per row",
+        naive_rows / naive_t,
+        "rows/s",
+    )
+
+
+def bench_inference(work: Path, rows: int, repeat: int) -> None:
+    import tensorflow as tf
+
+    from contrail import export, preprocess, select_best, serving, train
+    from contrail import model as model_lib
+
+    rows = min(rows, 200_000)
+    table = synthetic(rows, seed=3)
+    (work / "idata").mkdir()
+    pq.write_table(table, work / "idata" / "part-0.parquet")
+    spec_path = synthetic_spec(
+        work / "ispec", str(work / "idata" / "*.parquet"), 20, batch_size=256, max_steps=200, eval_every_steps=100
+    )
+    pre = preprocess.run(
+        preprocess.PreprocessArgs(str(spec_path), str(work / "idata" / "*.parquet"), str(work / "ipre"))
+    )
+    trained = train.run(train.TrainArgs(str(spec_path), pre, str(work / "itrain")))
+    best = select_best.run(select_best.SelectBestArgs(str(spec_path), trained, str(work / "ibest")))
+    result = export.run(
+        export.ExportArgs(
+            spec_path=str(spec_path),
+            preprocess=pre,
+            train=trained,
+            best=best,
+            step_dir=str(work / "iexport"),
+            models_dir=str(work / "models"),
+            run_key="b",
+        )
+    )
+    loaded = serving.load_model(work, models_dir=work / "models", version=result["version"])
+    inputs = serving.signature_inputs(table, loaded.schema)
+    serialized = model_lib.read_serialized(pre["train_files"], "none")[:rows]
+    keras_model = model_lib.build_model(
+        loaded.schema,
+        __import__("contrail.spec", fromlist=["load_spec"]).load_spec(spec_path),
+        {"hidden_units": [32, 16]},
+    )
+    tf.train.Checkpoint(model=keras_model).read(model_lib.checkpoint_path(Path(best["checkpoint"]))).expect_partial()
+    best_ratio = None
+    for batch in (1024, 4096, 16384):
+        predict_s = median_time(lambda b=batch: loaded.predict_arrays(inputs, batch_size=b), repeat)
+        examples_s = median_time(lambda b=batch: loaded.predict_examples(serialized, batch_size=b), repeat)
+        keras_s = median_time(lambda b=batch: keras_model.predict(inputs, batch_size=b, verbose=0), repeat)
+        n_ex = len(serialized)
+        record(
+            "inference",
+            f"predict signature, batch {batch}",
+            rows / predict_s,
+            "model.predict in memory",
+            rows / keras_s,
+            "rows/s",
+        )
+        record(
+            "inference",
+            f"serving_default (tf.Example), batch {batch}",
+            n_ex / examples_s,
+            "model.predict in memory",
+            rows / keras_s,
+            "rows/s",
+        )
+        ratio = keras_s / predict_s
+        best_ratio = max(best_ratio or 0, ratio)
+    print(f"inference  best predict-signature ratio to the in-memory ceiling: {best_ratio:.2f}")
+
+
+def bench_parse(work: Path, repeat: int) -> None:
+    specs = work / "specs"
+    specs.mkdir()
+    for name in ("penguins.yaml", "penguins_model.py"):
+        shutil.copy(ROOT / "dags" / "pipelines" / name, specs / name)
+    base = yaml.safe_load((specs / "penguins.yaml").read_text())
+    for i in range(19):
+        (specs / f"penguins_{i:02d}.yaml").write_text(yaml.safe_dump({**base, "name": f"penguins_{i:02d}"}))
+    script = (
+        "import sys, time; t=time.perf_counter(); "
+        "from airflow.dag_processing.dagbag import DagBag; t1=time.perf_counter(); "
+        f"b=DagBag(dag_folder={str(ROOT / 'dags')!r}); t2=time.perf_counter(); "
+        "assert len(b.dags)==20 and not b.import_errors, (len(b.dags), b.import_errors); "
+        "assert 'tensorflow' not in sys.modules; print(t2-t1)"
+    )
+    env = {**os.environ, "CONTRAIL_SPEC_DIR": str(specs), "AIRFLOW_HOME": str(work / "afhome")}
+    times = []
+    for _ in range(repeat):
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        times.append(float(out.stdout.strip().splitlines()[-1]))
+    parse = statistics.median(times)
+    RESULTS.append({"section": "parse", "figure": "DagBag of dags/ with 20 specs", "value": parse, "unit": "s"})
+    print(f"parse      DagBag of dags/ with 20 specs: {parse:.3f} s (TensorFlow not imported)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", default="train,encode,inference,parse")
+    args = parser.parse_args()
+    sections = set(args.only.split(","))
+    print(
+        f"Contrail benchmarks on {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{args.rows:,} rows, median of {args.repeat}"
+    )
+    with tempfile.TemporaryDirectory(prefix="contrail-bench-") as tmp:
+        work = Path(tmp)
+        if "encode" in sections:
+            bench_encode(args.rows, args.repeat)
+        if "train" in sections:
+            bench_train(work, args.rows, args.repeat)
+        if "inference" in sections:
+            bench_inference(work, args.rows, args.repeat)
+        if "parse" in sections:
+            bench_parse(work, args.repeat)
+    out = ROOT / "benchmarks" / "results.json"
+    out.write_text(json.dumps({"rows": args.rows, "repeat": args.repeat, "results": RESULTS}, indent=2))
+    print(f"Results written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Export and promotion on a regression dataset (auto-mpg cars from `vega_datasets`):
+a changed schema, damaged versions, failed checks and concurrent promotions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from contrail import export, inference, preprocess, select_best, train
+from contrail.demo import write_cars
+from contrail.errors import ExportError
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECK = ROOT / "tests" / "saved_model_check.py"
+
+
+def _spec(directory: Path, data: Path, **changes) -> Path:
+    spec = yaml.safe_load((ROOT / "dags" / "pipelines" / "cars.yaml").read_text())
+    spec["data"]["source"] = str(data / "cars" / "*.parquet")
+    spec["inference"]["source"] = str(data / "cars_to_score" / "*.parquet")
+    for dotted, value in changes.items():
+        node = spec
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        if value is None:
+            node.pop(last)
+        else:
+            node[last] = value
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dags" / "pipelines" / "cars_model.py", directory / "cars_model.py")
+    path = directory / "cars.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _pipeline(spec: Path, data: Path, run: Path, **train_overrides) -> dict:
+    pre = preprocess.run(
+        preprocess.PreprocessArgs(str(spec), str(data / "cars" / "*.parquet"), str(run / "preprocess"))
+    )
+    trained = train.run(train.TrainArgs(str(spec), pre, str(run / "train"), train_overrides=train_overrides))
+    best = select_best.run(select_best.SelectBestArgs(str(spec), trained, str(run / "select_best")))
+    return {"spec": spec, "preprocess": pre, "train": trained, "best": best}
+
+
+def _export(stages: dict, models: Path, run_key: str, step_dir: Path, **extra) -> dict:
+    return export.run(
+        export.ExportArgs(
+            spec_path=str(stages["spec"]),
+            preprocess=stages["preprocess"],
+            train=stages["train"],
+            best=stages["best"],
+            step_dir=str(step_dir),
+            models_dir=str(models),
+            run_key=run_key,
+            **extra,
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def cars(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cars")
+    write_cars(base / "data")
+    good = _pipeline(_spec(base / "spec", base / "data"), base / "data", base / "runs" / "good")
+    weak = _pipeline(
+        _spec(base / "spec", base / "data"), base / "data", base / "runs" / "weak", max_steps=50, eval_every_steps=50
+    )
+    return {"base": base, "data": base / "data", "good": good, "weak": weak}
+
+
+def test_regression_export_scores_and_serves(cars, tmp_path):
+    models = tmp_path / "models"
+    result = _export(cars["good"], models, "r1", tmp_path / "export")
+    assert (result["version"], result["blessing"]) == (1, "first_model")
+    assert result["candidate_score"]["val_rmse"] < 4.5  # miles per gallon; the label's std is about 7.8
+    out = subprocess.run(
+        [sys.executable, str(CHECK), str(models / "1"), json.dumps(cars["good"]["preprocess"]["eval_files"])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["signatures"] == ["predict", "serving_default"] and report["max_abs_diff"] <= 1e-6
+    scored = inference.run(
+        inference.InferenceArgs(
+            str(cars["good"]["spec"]),
+            str(cars["data"] / "cars_to_score" / "*.parquet"),
+            str(tmp_path / "inference"),
+            str(tmp_path),
+        )
+    )
+    table = pq.read_table(scored["predictions"][0])
+    assert table.column_names == ["car_id", "prediction", "model_version"] and table.num_rows == 398
+
+
+def test_a_failed_check_publishes_nothing(cars, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ExportError("reloaded in a fresh process: output 'value' differs by 0.5")
+
+    monkeypatch.setattr(export, "check_fresh_process", broken)
+    with pytest.raises(ExportError, match="differs by 0.5"):
+        _export(cars["good"], tmp_path / "models", "r1", tmp_path / "export")
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [], "no version, no staging left behind"
+    assert not (tmp_path / "export").exists()
+
+
+def test_only_one_of_two_concurrent_better_candidates_wins(cars, tmp_path):
+    models = tmp_path / "models"
+    weak = _export(cars["weak"], models, "weak", tmp_path / "weak")
+    assert weak["blessing"] == "first_model"
+    results: dict[str, dict] = {}
+    threads = [
+        threading.Thread(target=lambda k=k: results.setdefault(k, _export(cars["good"], models, k, tmp_path / k)))
+        for k in ("c1", "c2")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    decisions = sorted(r["blessing"] for r in results.values())
+    assert decisions == ["better", "not_better"], decisions
+    winner = next(r for r in results.values() if r["blessing"] == "better")
+    production = json.loads((models / "production.json").read_text())
+    assert production["version"] == winner["version"]
+    assert [h["decision"] for h in production["history"]] == ["first_model", "better"]
+
+
+def test_schema_change_is_compared_on_the_new_eval_data(cars, tmp_path):
+    models = tmp_path / "models"
+    narrow_spec = _spec(tmp_path / "narrow", cars["data"], **{"data.features.acceleration": None})
+    narrow = _pipeline(narrow_spec, cars["data"], tmp_path / "runs" / "narrow", max_steps=100, eval_every_steps=50)
+    assert _export(narrow, models, "narrow", tmp_path / "e1")["blessing"] == "first_model"
+    wide = _export(cars["good"], models, "wide", tmp_path / "e2")
+    blessing = json.loads((tmp_path / "e2" / "blessing.json").read_text())
+    assert blessing["schema_change"] == {"added": ["acceleration"], "removed": [], "retyped": []}
+    assert blessing["production_score"] is not None, "the old model scored the new eval rows"
+    assert "the schema changed (added acceleration)" in blessing["reason"]
+    assert blessing["eval_rows"] == cars["good"]["preprocess"]["eval_records"]
+    assert wide["blessing"] in ("better", "not_better")
+
+
+@pytest.mark.parametrize("damage", ["delete-saved-model", "garbage-saved-model", "garbage-production-json"])
+def test_damaged_production_is_named_and_nothing_is_promoted(cars, tmp_path, damage):
+    models = tmp_path / "models"
+    _export(cars["weak"], models, "weak", tmp_path / "weak")
+    before = (models / "production.json").read_bytes()
+    if damage == "delete-saved-model":
+        (models / "1" / "saved_model.pb").unlink()
+        pattern = r"models/1: the production model named by .*production\.json cannot be loaded.*nothing was promoted"
+    elif damage == "garbage-saved-model":
+        (models / "1" / "saved_model.pb").write_bytes(b"not a protobuf")
+        pattern = r"models/1: the production model named by .*cannot be loaded"
+    else:
+        (models / "production.json").write_text("{not json")
+        before = (models / "production.json").read_bytes()
+        pattern = r"production\.json: expected a production record with an integer 'version', found an unreadable file"
+    with pytest.raises(ExportError, match=pattern):
+        _export(cars["good"], models, "good", tmp_path / "good")
+    assert (models / "production.json").read_bytes() == before
