@@ -73,6 +73,12 @@ def run(args: SelectBestArgs) -> dict:
     return result
 
 
+def best_record(history: list[dict], es: EarlyStoppingSpec) -> dict:
+    """The evaluation with the best `monitor` value outright; the earliest on a tie."""
+    sign = 1 if metric_mode(es.monitor, es.mode) == "min" else -1
+    return min(history, key=lambda r: (sign * r["metrics"][es.monitor], r["eval_index"]))
+
+
 def choose(history: list[dict], es: EarlyStoppingSpec) -> dict:
     """The chosen evaluation, and why it was chosen."""
     if not history:
@@ -84,8 +90,7 @@ def choose(history: list[dict], es: EarlyStoppingSpec) -> dict:
             f"{', '.join(sorted(history[0]['metrics']))}"
         )
     if es.restore_best_weights:
-        sign = 1 if mode == "min" else -1
-        chosen = min(history, key=lambda r: (sign * r["metrics"][monitor], r["eval_index"]))
+        chosen = best_record(history, es)
         reason = (
             f"best {monitor} ({mode}) = {chosen['metrics'][monitor]:.6g} at evaluation {chosen['eval_index']} "
             f"of {len(history)}"

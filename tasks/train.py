@@ -297,7 +297,7 @@ class _Trainer:
             shutil.rmtree(final)
         os.rename(staging, final)
         self._write_history(history)
-        self._retain(es_state.get("best_eval_index"))
+        self._retain(es_state.get("best_eval_index"), history)
 
     def _mark_running(self) -> None:
         """Say who is training here: a person (or a test) can find the process to inspect."""
@@ -312,12 +312,22 @@ class _Trainer:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
         os.replace(tmp, path)
 
-    def _retain(self, best_index: int | None) -> None:
-        """Keep the best checkpoint and the last `keep_checkpoints`; never delete the best."""
+    def _retain(self, best_index: int | None, history: list[dict]) -> None:
+        """Keep the best checkpoints and the last `keep_checkpoints`; never delete a best one.
+
+        "Best" twice: early stopping's best (an improvement must beat `min_delta`) and the
+        evaluation with the best `monitor` value outright, which select_best may choose.
+        """
+        from contrail.select_best import best_record
+        from contrail.spec import EarlyStoppingSpec
+
         directories = sorted(self.ckpt_root.glob("ckpt-*"))
         keep = {d.name for d in directories[-self.train.keep_checkpoints :]}
         if best_index is not None:
             keep.add(f"ckpt-{best_index:05d}")
+        if history:
+            outright = best_record(history, self.train.early_stopping or EarlyStoppingSpec())
+            keep.add(f"ckpt-{outright['eval_index']:05d}")
         for directory in directories:
             if directory.name not in keep:
                 shutil.rmtree(directory, ignore_errors=True)

@@ -107,3 +107,18 @@ def test_large_splits_shuffle_whole_batches_and_still_learn(penguins_run, tmp_pa
     history = train.read_history(result["history"])
     assert len(penguins_run["preprocess"]["train_files"]) == 1
     assert max(r["metrics"]["val_accuracy"] for r in history) >= 0.9
+
+
+def test_retention_keeps_both_bests_and_the_last_k(tmp_path):
+    """With min_delta, early stopping's best and the outright best can differ: keep both."""
+    from contrail.spec import EarlyStoppingSpec, TrainSpec
+
+    trainer = object.__new__(train._Trainer)
+    trainer.ckpt_root = tmp_path
+    trainer.train = TrainSpec(keep_checkpoints=2, early_stopping=EarlyStoppingSpec(min_delta=0.1))
+    values = [1.0, 0.5, 0.45, 0.6, 0.7, 0.8]  # ES best: eval 2 (0.45 is not 0.1 better); outright: eval 3
+    history = [{"eval_index": i, "metrics": {"val_loss": v}} for i, v in enumerate(values, start=1)]
+    for i in range(1, 7):
+        (tmp_path / f"ckpt-{i:05d}").mkdir()
+    trainer._retain(2, history)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00002", "ckpt-00003", "ckpt-00005", "ckpt-00006"]
