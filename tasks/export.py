@@ -174,6 +174,7 @@ def _export_new_version(args, loaded, params, schema, serialized, fp, models_dir
             "data_fingerprint": args.preprocess["fingerprint"],
             "checkpoint": str(checkpoint),
             "selected": {k: args.best[k] for k in ("eval_index", "step", "monitor", "value")},
+            "metrics": _selected_metrics(args.best),
             "params": params,
             "parity": parity,
             "created": time.time(),
@@ -464,6 +465,14 @@ def promote(
             }
             artifacts.write_json_atomic(production_path, record)
         return blessing
+
+
+def _selected_metrics(best: dict) -> dict:
+    """Train and eval metrics of the selected evaluation, from select_best's best.json."""
+    try:
+        return artifacts.read_json(Path(best["best"]))["metrics"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return {best["monitor"]: best["value"]}
 
 
 def _read_production(path: Path) -> dict | None:

@@ -51,6 +51,7 @@ def test_version_carries_its_record(exported, penguins_run):
     assert info["run_key"] == "r1" and info["dag_id"] == "penguins"
     assert info["data_fingerprint"] == penguins_run["preprocess"]["fingerprint"]
     assert info["selected"]["eval_index"] == penguins_run["best"]["eval_index"]
+    assert info["metrics"]["val_loss"] == penguins_run["best"]["value"] and "val_accuracy" in info["metrics"]
     assert {"tensorflow", "keras", "pyarrow", "contrail", "python"} <= set(info["libraries"])
     assert (
         info["parity"]["fresh_process"] is True and info["parity"]["rows"] == penguins_run["preprocess"]["eval_records"]
