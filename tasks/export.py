@@ -269,12 +269,9 @@ def _keras_outputs(model, raw: dict, schema: dict) -> dict[str, np.ndarray]:
             for i in range(0, n, 4096)
         ]
     )
-    if schema["label"]["task"] == "regression":
-        return {"value": out.reshape(-1)}
-    if schema["label"]["task"] == "binary":
-        positive = out.reshape(-1, 1)
-        out = np.concatenate([1.0 - positive, positive], axis=1)
-    return {"probabilities": out, "class_index": out.argmax(axis=1)}
+    from contrail.model import head_outputs
+
+    return head_outputs(out, schema["label"]["task"])
 
 
 def _compare(name: str, got: dict, want: dict, what: str) -> float:

@@ -387,14 +387,10 @@ def _evaluate(model, eval_ds, schema: dict, replicated: bool) -> dict[str, float
     for features, target in eval_ds:
         outputs.append(model(features, training=False).numpy())
         targets.append(target.numpy())
-    raw, target = np.concatenate(outputs), np.concatenate(targets)
+    from contrail.model import head_outputs
+
     task = schema["label"]["task"]
-    if task == "regression":
-        scored = {"value": raw.reshape(-1)}
-    else:
-        probabilities = np.concatenate([1 - raw, raw], axis=1) if task == "binary" else raw
-        scored = {"probabilities": probabilities, "class_index": probabilities.argmax(axis=1)}
-    return serving.score(scored, target, task)
+    return serving.score(head_outputs(np.concatenate(outputs), task), np.concatenate(targets), task)
 
 
 def _steps_per_execution(eval_every: int, max_steps: int, cap: int = 32) -> int:
