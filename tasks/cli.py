@@ -50,7 +50,9 @@ def _demo_data(args: argparse.Namespace) -> int:
 def _summary(args: argparse.Namespace) -> int:
     from contrail import artifacts
     from contrail.demo import format_summary, summarize
+    from contrail.spec import find_spec
 
+    find_spec(args.pipeline, config.spec_dir())
     root = config.artifact_root()
     summary = summarize(root, args.pipeline, args.run_id)
     run_dir = Path(summary["run_dir"])
@@ -86,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     summary.add_argument("--output")
     summary.set_defaults(func=_summary)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(f"contrail: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

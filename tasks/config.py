@@ -26,3 +26,9 @@ def data_dir() -> Path:
     """`CONTRAIL_DATA_DIR`, else `<project>/data`: what `{{ data_dir }}` means in a spec."""
     value = os.environ.get("CONTRAIL_DATA_DIR")
     return Path(value).resolve() if value else project_root() / "data"
+
+
+def spec_dir() -> Path:
+    """`CONTRAIL_SPEC_DIR`, else `<project>/dags/pipelines`: where the pipeline specs live."""
+    value = os.environ.get("CONTRAIL_SPEC_DIR")
+    return Path(value).resolve() if value else project_root() / "dags" / "pipelines"

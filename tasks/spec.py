@@ -141,6 +141,15 @@ class InferenceSpec(_Strict):
     source: str | None = None
     format: Literal["parquet", "csv"] = "parquet"
     batch_size: int = Field(default=4096, gt=0)
+    # Also generate `<name>_inference`: a scoring-only DAG scheduled on the model asset, so every
+    # promotion starts a scoring run with no one in between.
+    on_promotion: bool = False
+
+    @model_validator(mode="after")
+    def _source_for_on_promotion(self) -> InferenceSpec:
+        if self.on_promotion and not self.source:
+            raise ValueError("inference.on_promotion: expected an inference.source to score, found none")
+        return self
 
 
 class PipelineSpec(_Strict):
@@ -319,6 +328,17 @@ def discover_specs(directory: str | Path) -> list[Path]:
     """Every spec file in `directory`, sorted so that DAG order is stable."""
     directory = Path(directory)
     return sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")])
+
+
+def find_spec(name: str, directory: str | Path) -> Path:
+    """The spec file of pipeline `name`, or a `SpecError` that lists the pipelines there are."""
+    known = {p.stem: p for p in discover_specs(directory)}
+    if name not in known:
+        raise SpecError(
+            f"unknown pipeline {name!r}: expected one of {', '.join(sorted(known)) or '(none)'} "
+            f"(the specs in {directory})"
+        )
+    return known[name]
 
 
 def is_valid_name(name: str) -> bool:

@@ -1,7 +1,9 @@
 """A real Airflow for tests: api-server, scheduler and dag-processor on loopback.
 
 The processes run in their own sessions with their own AIRFLOW_HOME, database and ports, and
-`stop()` ends each whole process group, so a test leaves nothing running.
+`stop()` ends each whole process group, so a test leaves nothing running. With
+`database="postgres"` the cluster creates its own database on the machine's PostgreSQL
+(POSTGRES_URL, default 127.0.0.1:5432 as postgres) and drops it on stop.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +29,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+POSTGRES_URL = os.environ.get("CONTRAIL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+
+
+def _postgres(sql: str) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(f"{POSTGRES_URL}/postgres", connect_timeout=5)
+    connection.autocommit = True
+    try:
+        connection.cursor().execute(sql)
+    finally:
+        connection.close()
+
+
 class AirflowCluster:
-    def __init__(self, home: Path, *, components=("api-server", "scheduler", "dag-processor"), **env: str):
+    def __init__(
+        self,
+        home: Path,
+        *,
+        components=("api-server", "scheduler", "dag-processor"),
+        database: str = "sqlite",
+        **env: str,
+    ):
         self.home = home
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.database = None
+        if database == "postgres":
+            self.database = f"contrail_test_{uuid.uuid4().hex[:12]}"
+            env.setdefault(
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+                f"{POSTGRES_URL.replace('postgresql://', 'postgresql+psycopg2://')}/{self.database}",
+            )
         self.env = airflow_env(
             home,
             AIRFLOW__API__PORT=str(self.port),
@@ -49,10 +80,19 @@ class AirflowCluster:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout: float = 180) -> AirflowCluster:
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout: float) -> AirflowCluster:
         # Known passwords for the test users: the simple auth manager keeps them in this file.
         Path(self.env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).write_text(
             json.dumps({"admin": "admin", "viewer": "viewer"})
         )
+        if self.database:
+            _postgres(f"CREATE DATABASE {self.database}")
         subprocess.run(
             [sys.executable, "-m", "airflow", "db", "migrate"], env=self.env, check=True, capture_output=True
         )
@@ -83,6 +123,9 @@ class AirflowCluster:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.procs.clear()
+        if self.database:
+            _postgres(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+            self.database = None
 
     def __enter__(self) -> AirflowCluster:
         return self.start()

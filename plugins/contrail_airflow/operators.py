@@ -14,6 +14,7 @@ from airflow.sdk import BaseOperator
 
 from contrail import artifacts, config
 from contrail.errors import ContrailError, SpecError
+from contrail_airflow.assets import model_asset, promotion_alias, tfrecords_asset
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -86,7 +87,14 @@ class PreprocessOperator(_ContrailOperator):
         source = resolve_source(self, context, self.source)
         self.log.info("Preprocessing %s from %s", self.pipeline, source)
         args = preprocess.PreprocessArgs(self.spec_path, source, self.step_dir(context, preprocess.STEP))
-        return self.record(context, preprocess.STEP, preprocess.run(args), started)
+        result = preprocess.run(args)
+        # The TFRecords asset's event (emitted on success) says which files this run published.
+        context["outlet_events"][tfrecords_asset(self.pipeline)].extra = {
+            "run_id": context["run_id"],
+            "step_dir": result["step_dir"],
+            "fingerprint": result["fingerprint"],
+        }
+        return self.record(context, preprocess.STEP, result, started)
 
 
 class TrainOperator(_ContrailOperator):
@@ -179,14 +187,26 @@ class ExportOperator(_ContrailOperator):
             params=overrides["model"],
             force_promote=overrides["force_promote"],
         )
-        return self.record(context, export.STEP, export.run(args), started)
+        result = export.run(args)
+        if result["promoted"]:
+            # Only a promotion updates the model asset. A retry of a promoting export emits it
+            # again: scoring twice is harmless, a promotion nobody scores is not.
+            context["outlet_events"][promotion_alias(self.pipeline)].add(
+                model_asset(self.pipeline),
+                extra={"version": result["version"], "model_dir": result["model_dir"], "run_id": context["run_id"]},
+            )
+        return self.record(context, export.STEP, result, started)
 
 
 class BatchInferenceOperator(_ContrailOperator):
     """Score Parquet or CSV files with the production model; write predictions as Parquet.
 
+    The model is the one production held when this run's export decided, so a rerun of the
+    run reproduces its predictions even after later runs promoted newer models. In the
+    scoring-only DAG (no export), it is the newest version the triggering asset events carry.
+
     :param source: the glob of files to score (templated)
-    :param export: the export step's XCom (templated); scoring waits for promotion to settle
+    :param export: the export step's XCom (templated); None in the scoring-only DAG
 
     XCom: the prediction files, the row count and the model version that made them.
     """
@@ -207,9 +227,21 @@ class BatchInferenceOperator(_ContrailOperator):
                 f"{self.spec_path}: field 'inference.source': expected a glob of files to score, found none"
             )
         args = inference.InferenceArgs(
-            self.spec_path, self.source, self.step_dir(context, inference.STEP), str(self.paths().base)
+            self.spec_path,
+            self.source,
+            self.step_dir(context, inference.STEP),
+            str(self.paths().base),
+            version=self.model_version(context),
         )
         return self.record(context, inference.STEP, inference.run(args), started)
+
+
+    def model_version(self, context: Context) -> int | None:
+        if isinstance(self.export, dict):
+            return int(self.export["production_version"])
+        events = context.get("triggering_asset_events") or {}
+        versions = [int(e.extra["version"]) for evs in events.values() for e in evs if "version" in (e.extra or {})]
+        return max(versions) if versions else None  # None: production now
 
 
 def check_conf_keys(context: Context) -> None:

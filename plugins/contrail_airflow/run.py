@@ -23,14 +23,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conf", default="{}", help="JSON trigger params")
     args = parser.parse_args(argv)
 
+    from contrail import config
+    from contrail.errors import SpecError
+    from contrail.spec import find_spec
+
+    try:
+        find_spec(args.dag_id.removesuffix("_inference"), config.spec_dir())
+    except SpecError as exc:
+        print(f"contrail: {exc}", file=sys.stderr)
+        return 2
+
     from airflow.exceptions import AirflowException
     from airflow.utils.cli import get_bagged_dag
     from airflow.utils.state import DagRunState
 
     try:
         dag = get_bagged_dag(bundle_names=None, dag_id=args.dag_id)  # as `airflow dags test` finds it
-    except AirflowException as exc:
-        print(f"Unknown pipeline {args.dag_id!r}: {exc}", file=sys.stderr)
+    except AirflowException as exc:  # the spec exists but did not become a DAG: it is broken
+        print(f"contrail: pipeline {args.dag_id!r} did not load: {exc}", file=sys.stderr)
         return 2
     when = dt.datetime.combine(args.logical_date, dt.time(), tzinfo=dt.UTC)
     run = dag.test(logical_date=when, run_after=when, run_conf=json.loads(args.conf))

@@ -68,3 +68,41 @@ def test_broken_spec_breaks_only_itself(tmp_path):
     assert "broken.yaml" in message
     assert "field 'train.eval_every_steps': expected a valid integer" in message
     assert "found 'often'" in message
+
+
+def test_a_missing_build_fn_module_breaks_only_its_own_dag(tmp_path):
+    dags = tmp_path / "dags"
+    shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = yaml.safe_load((dags / "pipelines" / "penguins.yaml").read_text())
+    spec.update(name="no_model")
+    spec["model"]["build_fn"] = "no_such_module:build"
+    (dags / "pipelines" / "no_model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    report = parse(dags, tmp_path)
+    assert sorted(report["dags"]) == ["cars", "penguins"]
+    (message,) = report["import_errors"].values()
+    assert "no_model.yaml" in message and "field 'model.build_fn'" in message and "no_such_module" in message
+
+
+def test_on_promotion_adds_a_scoring_dag_scheduled_on_the_model_asset(tmp_path):
+    dags = tmp_path / "dags"
+    shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = yaml.safe_load((dags / "pipelines" / "penguins.yaml").read_text())
+    spec["inference"]["on_promotion"] = True
+    (dags / "pipelines" / "penguins.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    report = parse(dags, tmp_path)
+    assert report["import_errors"] == {}
+    scoring = report["dags"]["penguins_inference"]
+    assert scoring["tasks"] == {"batch_inference": []}
+    assert scoring["schedule"] == "AssetTriggeredTimetable"
+    assert report["dags"]["penguins"]["tasks"] == EXPECTED_GRAPH
+
+
+def test_twenty_specs_parse_without_tensorflow(tmp_path):
+    dags = tmp_path / "dags"
+    shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = yaml.safe_load((dags / "pipelines" / "penguins.yaml").read_text())
+    for i in range(18):
+        (dags / "pipelines" / f"copy_{i:02d}.yaml").write_text(yaml.safe_dump({**spec, "name": f"copy_{i:02d}"}))
+    report = parse(dags, tmp_path)
+    assert report["import_errors"] == {} and len(report["dags"]) == 20
+    assert not report["tensorflow_imported"] and not report["keras_imported"] and not report["pyarrow_imported"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,3 +38,14 @@ def test_lint_points_at_file_line_and_field_without_airflow(write_spec):
         cwd=ROOT,
     )
     assert probe.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_an_unknown_pipeline_name_lists_the_pipelines_there_are(tmp_path):
+    env = {**os.environ, "CONTRAIL_SPEC_DIR": str(ROOT / "dags" / "pipelines")}
+    for command in (
+        ["-m", "contrail.cli", "summary", "pengiuns", "r1"],
+        ["-m", "contrail_airflow.run", "pengiuns", "2026-01-01"],
+    ):
+        result = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert result.returncode == 2, result.stderr
+        assert "unknown pipeline 'pengiuns': expected one of cars, penguins (the specs in " in result.stderr
