@@ -83,7 +83,11 @@ def _write(table: pa.Table, path: Path) -> str:
 def summarize(artifact_root: Path, pipeline: str, run_id: str) -> dict:
     """The demo summary, read back from the artifacts the run committed."""
     run_dir = artifact_root / pipeline / "runs" / artifacts.run_key(run_id)
-    manifests = {step: artifacts.read_manifest(run_dir / step) for step in STEPS}
+    from contrail import inference
+
+    manifests = {step: artifacts.read_manifest(run_dir / step) for step in STEPS[:-1]}
+    collected = inference.collect(run_dir / "inference")
+    manifests["inference"] = {"result": collected} if collected else None
     missing = [s for s, m in manifests.items() if m is None]
     if missing:
         raise SystemExit(f"{run_dir}: steps without a committed manifest: {', '.join(missing)}")

@@ -31,6 +31,8 @@ class InferenceArgs:
     step_dir: str
     pipeline_dir: str
     version: int | None = None  # None: the production version
+    part: int = 0  # with inference.parallelism N, mapped task `part` scores files part, part+N, ...
+    parts: int = 1
 
 
 def run(args: InferenceArgs) -> dict:
@@ -41,7 +43,11 @@ def run(args: InferenceArgs) -> dict:
     version = args.version if args.version is not None else serving.production_version(pipeline_dir)
     if version is None:
         raise InferenceError(f"{pipeline_dir / 'models' / 'production.json'}: expected a production model, found none")
-    files = data.resolve_files(args.source, field=f"{loaded.path.name}: inference.source")
+    every = data.resolve_files(args.source, field=f"{loaded.path.name}: inference.source")
+    numbered = list(enumerate(every))[args.part :: args.parts]
+    files = [f for _, f in numbered]
+    if not files:
+        log.info("Part %d of %d: %d file(s) in all, none for this part", args.part, args.parts, len(every))
     inputs = {str(f): {"sha256": artifacts.sha256_file(f), "bytes": f.stat().st_size} for f in files}
     fp = artifacts.fingerprint({"step": STEP, "version": version, "inputs": inputs, "key": spec.data.key})
     reused = artifacts.reusable_result(step_dir, fp)
@@ -57,7 +63,7 @@ def run(args: InferenceArgs) -> dict:
     with artifacts.staged_dir(step_dir) as staging:
         rows_in, outputs, done = 0, {}, 0
         total_bytes = sum(f.stat().st_size for f in files)
-        for i, path in enumerate(files):
+        for k, (i, path) in enumerate(numbered):
             table = data.read_table(path, spec.inference.format, columns)
             _check_categories(table, features, spec.data.max_oov_fraction, path)
             predictions = _score(model, table, schema, spec.inference.batch_size, path)
@@ -75,7 +81,7 @@ def run(args: InferenceArgs) -> dict:
                 "Scored %s: %d rows (%d/%d files, %d rows so far, %.0f rows/s, ETA %.0fs)",
                 path.name,
                 table.num_rows,
-                i + 1,
+                k + 1,
                 len(files),
                 rows_in,
                 rows_in / max(elapsed, 1e-9),
@@ -100,6 +106,33 @@ def run(args: InferenceArgs) -> dict:
         )
     log.info("Wrote %d predictions with model version %d to %s", rows_in, version, step_dir)
     return result
+
+
+def collect(step_dir: Path) -> dict | None:
+    """The inference result of a run: the step's manifest, or with `inference.parallelism` > 1
+    the parts' manifests combined. None until every part has committed."""
+    manifest = artifacts.read_manifest(step_dir)
+    if manifest is not None:
+        return manifest["result"]
+    parts = sorted(step_dir.glob("part-*-of-*"))
+    if not parts:
+        return None
+    expected = int(parts[0].name.rsplit("-", 1)[1])
+    results = [m["result"] for m in map(artifacts.read_manifest, parts) if m is not None]
+    if len(results) != expected:
+        return None
+    return {
+        "step_dir": str(step_dir),
+        "predictions": sorted(p for r in results for p in r["predictions"]),
+        "rows": sum(r["rows"] for r in results),
+        "model_version": results[0]["model_version"],
+        "parts": len(results),
+        "reused": all(r.get("reused") for r in results),
+    }
+
+
+def part_dir(step_dir: Path, part: int, parts: int) -> Path:
+    return step_dir if parts == 1 else step_dir / f"part-{part:03d}-of-{parts:03d}"
 
 
 def _score(model: serving.LoadedModel, table: pa.Table, schema: dict, batch_size: int, path: Path) -> pa.Table:

@@ -141,6 +141,9 @@ class InferenceSpec(_Strict):
     source: str | None = None
     format: Literal["parquet", "csv"] = "parquet"
     batch_size: int = Field(default=4096, gt=0)
+    # > 1: batch inference is a mapped task, one instance per part of the files (Airflow
+    # dynamic task mapping), so scoring spreads over workers.
+    parallelism: int = Field(default=1, ge=1, le=64)
     # Also generate `<name>_inference`: a scoring-only DAG scheduled on the model asset, so every
     # promotion starts a scoring run with no one in between.
     on_promotion: bool = False
@@ -165,6 +168,8 @@ class PipelineSpec(_Strict):
     train: TrainSpec = TrainSpec()
     export: ExportSpec = ExportSpec()
     inference: InferenceSpec = InferenceSpec()
+    # Celery queue per task, e.g. {train: gpu}: workers started with `--queues gpu` take them.
+    queues: dict[Literal["preprocess", "train", "select_best", "export", "batch_inference"], str] = {}
 
     @model_validator(mode="after")
     def _metrics_exist(self) -> PipelineSpec:

@@ -99,17 +99,33 @@ class AirflowCluster:
         (self.home / "logs").mkdir(exist_ok=True)
         for name in self.components:
             args = {"scheduler": ["scheduler", "--skip-serve-logs"], "triggerer": ["triggerer", "--skip-serve-logs"]}
-            command = [sys.executable, "-m", "airflow", *args.get(name, [name])]
+            command = args.get(name, [name])
             if name == "api-server":
                 command += ["--port", str(self.port), "--host", "127.0.0.1"]
-            log = (self.home / "logs" / f"{name}.log").open("ab")
-            self.procs[name] = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            self.spawn(name, command)
         self._wait(
             lambda: httpx.get(f"{self.base}/api/v2/monitor/health", timeout=2).status_code == 200, timeout, "api-server"
         )
         return self
+
+    def spawn(self, name: str, airflow_args: list[str], cwd: Path | None = None, **env: str) -> subprocess.Popen:
+        """Start `airflow <airflow_args>` as component `name`, in its own process group."""
+        log = (self.home / "logs" / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "airflow", *airflow_args],
+            env={**self.env, **env},
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self.procs[name]
+
+    def kill(self, name: str) -> None:
+        """SIGKILL component `name` and every process it started, as a crash would."""
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def stop(self) -> None:
         for proc in self.procs.values():

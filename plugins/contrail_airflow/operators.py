@@ -8,6 +8,7 @@ data. Step modules (and so TensorFlow) are imported inside `execute()`, never at
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -207,16 +208,20 @@ class BatchInferenceOperator(_ContrailOperator):
 
     :param source: the glob of files to score (templated)
     :param export: the export step's XCom (templated); None in the scoring-only DAG
+    :param part: which part of the files this instance scores (the mapped argument)
+    :param parts: `inference.parallelism`: files part, part + parts, ... go to this instance
 
     XCom: the prediction files, the row count and the model version that made them.
     """
 
     template_fields = ("spec_path", "source", "export")
 
-    def __init__(self, *, source: str, export: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *, source: str, export: Any = None, part: int = 0, parts: int = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.source = source
         self.export = export
+        self.part = part
+        self.parts = parts
 
     def execute(self, context: Context) -> dict:
         from contrail import inference
@@ -229,9 +234,11 @@ class BatchInferenceOperator(_ContrailOperator):
         args = inference.InferenceArgs(
             self.spec_path,
             self.source,
-            self.step_dir(context, inference.STEP),
+            str(inference.part_dir(Path(self.step_dir(context, inference.STEP)), self.part, self.parts)),
             str(self.paths().base),
             version=self.model_version(context),
+            part=self.part,
+            parts=self.parts,
         )
         return self.record(context, inference.STEP, inference.run(args), started)
 
@@ -262,8 +269,6 @@ def resolve_source(operator: BaseOperator, context: Context, source: str) -> str
     override = context["params"].get("data_source")
     if not override:
         return source
-    from pathlib import Path
-
     rendered = operator.render_template(override, context)
     if "://" in rendered and not rendered.startswith("file://"):
         raise SpecError(f"param 'data_source': expected a path under {config.data_dir()}, found the URI {rendered!r}")

@@ -1,0 +1,203 @@
+"""The scale-out mode for real: CeleryExecutor on the machine's Redis, metadata on its PostgreSQL,
+two `airflow celery worker` processes beside a scheduler, a dag-processor and an api-server.
+
+The module creates and drops its own database, uses its own Redis database number (flushed
+before and after), and stops every process it started. Each worker runs from its own private
+folder (cwd, HOME and TMPDIR: its "local disk"); the artifact root is a separate folder given as a
+`file://` URI, standing in for the shared storage every worker mounts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+import yaml
+from airflow_cluster import AirflowCluster
+from tests_support import ROOT
+
+from contrail import artifacts
+from contrail.demo import write_penguins
+from contrail.train import read_history
+from contrail_airflow.mode import airflow_settings
+
+pytestmark = pytest.mark.slow
+
+REDIS_URL = os.environ.get("CONTRAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379") + "/13"
+WORKERS = {"worker-a": "default", "worker-b": "default,training"}
+PARTS = 4
+
+
+def _flush_redis() -> None:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+def _specs(home: Path) -> Path:
+    specs = home / "pipelines"
+    specs.mkdir()
+    shutil.copy(ROOT / "dags" / "pipelines" / "penguins_model.py", specs)
+    base = yaml.safe_load((ROOT / "dags" / "pipelines" / "penguins.yaml").read_text())
+    base["inference"].update(source="{{ data_dir }}/score/*.parquet", parallelism=PARTS)
+    variants = {
+        "fanout": {},
+        # train goes to the `training` queue, which only worker-b consumes (a GPU worker's role)
+        "routed": {"queues": {"train": "training"}},
+        # many short evaluation rounds, so that a kill lands mid-training
+        "slow": {
+            "train": {
+                **base["train"],
+                "eval_every_steps": 5,
+                "early_stopping": {"monitor": "val_loss", "patience": 12, "min_delta": 0.0005},
+            }
+        },
+    }
+    for name, changes in variants.items():
+        spec = {**base, **changes, "name": name}
+        if name == "slow":
+            spec["model"] = {**base["model"], "params": {**base["model"]["params"], "learning_rate": 0.0005}}
+        (specs / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return specs
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    home = tmp_path_factory.mktemp("scaleout")
+    data = home / "data"
+    write_penguins(data)
+    table = pa.concat_tables(pq.read_table(f) for f in sorted((data / "penguins").glob("*.parquet")))
+    (data / "score").mkdir()
+    for i in range(PARTS):  # one file to score per mapped part
+        pq.write_table(table.slice(i * 86, 86), data / "score" / f"batch-{i}.parquet")
+    shared = home / "shared"  # stands in for the NFS/EFS mount every worker shares
+    running = AirflowCluster(
+        home,
+        database="postgres",
+        CONTRAIL_SPEC_DIR=str(_specs(home)),
+        CONTRAIL_ARTIFACT_ROOT=f"file://{shared}/artifacts",
+        AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="20",
+    )
+    # The mode switch under test: CONTRAIL_MODE=scaleout and two URLs give every Airflow setting.
+    running.env.update(
+        airflow_settings(
+            {
+                "CONTRAIL_MODE": "scaleout",
+                "CONTRAIL_DATABASE_URL": running.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+                "CONTRAIL_BROKER_URL": REDIS_URL,
+            }
+        )
+    )
+    _flush_redis()
+    try:
+        running.start()
+        for name, queues in WORKERS.items():
+            local = home / "local" / name
+            (local / "tmp").mkdir(parents=True)
+            running.spawn(
+                name,
+                [
+                    "celery",
+                    "worker",
+                    "--concurrency",
+                    "1",
+                    "--queues",
+                    queues,
+                    "--celery-hostname",
+                    f"{name}@%h",
+                    "--skip-serve-logs",
+                ],
+                cwd=local,
+                CONTRAIL_WORKER_NAME=name,
+                HOME=str(local),
+                TMPDIR=str(local / "tmp"),
+            )
+        running.shared = shared
+        running.wait_for_dag("slow")
+        yield running
+    finally:
+        running.stop()
+        _flush_redis()
+
+
+def _tries(cluster, dag_id, run_id, task_id) -> list[dict]:
+    return cluster.task_tries(dag_id, run_id, task_id)
+
+
+def _mapped(cluster, dag_id, run_id) -> list[dict]:
+    body = cluster.api(
+        "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"task_id": "batch_inference", "limit": 100}
+    ).json()
+    return [ti for ti in body["task_instances"] if ti["task_id"] == "batch_inference"]
+
+
+def test_mapped_tasks_run_on_both_workers(cluster):
+    cluster.trigger("fanout", "fanout-1", conf={"max_steps": 200})
+    assert cluster.wait_for_run("fanout", "fanout-1", timeout=600) == "success"
+    mapped = _mapped(cluster, "fanout", "fanout-1")
+    assert sorted(ti["map_index"] for ti in mapped) == list(range(PARTS))
+    assert {ti["hostname"] for ti in mapped} == set(WORKERS), [(ti["map_index"], ti["hostname"]) for ti in mapped]
+    # The parts together scored every row exactly once, with one model version.
+    run_dir = cluster.shared / "artifacts" / "fanout" / "runs" / artifacts.run_key("fanout-1") / "inference"
+    from contrail import inference
+
+    result = inference.collect(run_dir)
+    assert result["rows"] == 4 * 86 and result["parts"] == PARTS
+    keys = pa.concat_tables(pq.read_table(p) for p in result["predictions"])["row_id"].to_pylist()
+    assert len(keys) == len(set(keys)) == 4 * 86
+
+
+def test_a_task_queue_from_the_spec_routes_to_the_worker_that_consumes_it(cluster):
+    cluster.trigger("routed", "routed-1", conf={"max_steps": 100})
+    assert cluster.wait_for_run("routed", "routed-1", timeout=600) == "success"
+    (train,) = _tries(cluster, "routed", "routed-1", "train")
+    assert train["queue"] == "training" and train["hostname"] == "worker-b"
+    (preprocess,) = _tries(cluster, "routed", "routed-1", "preprocess")
+    assert preprocess["queue"] == "default"
+
+
+def test_a_worker_killed_mid_task_is_retried_on_the_other_worker(cluster):
+    run_id = "kill-worker"
+    cluster.trigger("slow", run_id)
+    train_dir = cluster.shared / "artifacts" / "slow" / "runs" / artifacts.run_key(run_id) / "train"
+    deadline = time.time() + 300
+    while not ((train_dir / "history.jsonl").is_file() and len(read_history(train_dir / "history.jsonl")) >= 3):
+        assert time.time() < deadline, "training never reached its third evaluation"
+        time.sleep(0.1)
+    (running,) = _tries(cluster, "slow", run_id, "train")
+    victim = running["hostname"]
+    # A crashed worker host: the worker, and the task process it supervised (its own group).
+    task_pid = json.loads((train_dir / "running.json").read_text())["pid"]
+    cluster.kill(victim)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(os.getpgid(task_pid), signal.SIGKILL)
+    killed_at = len(read_history(train_dir / "history.jsonl"))
+    assert cluster.wait_for_run("slow", run_id, timeout=600) == "success"
+    tries = _tries(cluster, "slow", run_id, "train")
+    assert [t["state"] for t in tries] == ["failed", "success"], tries
+    assert tries[1]["hostname"] == next(w for w in WORKERS if w != victim)
+    final = read_history(train_dir / "history.jsonl")
+    assert killed_at < len(final)
+    assert [r["eval_index"] for r in final] == list(range(1, len(final) + 1))  # no gap, no duplicate
+    exports = [json.loads(line) for line in (train_dir.parent / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in exports].count("export") == 1
+    versions = [p for p in (cluster.shared / "artifacts" / "slow" / "models").iterdir() if p.name.isdigit()]
+    assert len(versions) == 1
+
+
+def test_no_step_wrote_to_a_workers_local_disk(cluster):
+    written = [
+        p.relative_to(cluster.home / "local")
+        for p in (cluster.home / "local").rglob("*")
+        # scratch (TMPDIR: TensorFlow's autograph sources) and per-user caches are not outputs
+        if p.is_file() and not any(part in ("tmp", ".keras", ".cache", ".config") for part in p.parts)
+    ]
+    assert written == []
+    assert (cluster.shared / "artifacts" / "fanout" / "models" / "production.json").is_file()
