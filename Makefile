@@ -35,6 +35,7 @@ demo: setup
 	$(ENV) contrail summary penguins "$(DEMO_RUN_ID)" --output artifacts/demo-summary.json
 
 test: setup
+	scripts/install-browser
 	$(ENV) ruff check .
 	$(ENV) ruff format --check .
 	$(ENV) contrail lint

@@ -10,6 +10,10 @@ Sections:
   inference  rows/s through the exported `predict` and `serving_default` signatures vs
              `model.predict` on in-memory numpy, per batch size.
   parse      importing the DAG folder with 20 specs (no TensorFlow).
+  e2e        the demo pipeline (penguins) end to end through a real Airflow, trigger to success:
+             the scale-out mode (PostgreSQL, CeleryExecutor on Redis, two workers) vs the
+             embedded mode (SQLite, LocalExecutor). Not in the default set: it needs the
+             machine's PostgreSQL and Redis (CONTRAIL_TEST_POSTGRES_URL, CONTRAIL_TEST_REDIS_URL).
 
 Prints a table and writes benchmarks/results.json. Timings are medians of `--repeat` runs.
 """
@@ -285,6 +289,60 @@ def bench_parse(work: Path, repeat: int) -> None:
     print(f"parse      DagBag of dags/ with 20 specs: {parse:.3f} s (TensorFlow not imported)")
 
 
+def bench_e2e(work: Path, repeat: int) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    import redis
+    from airflow_cluster import AirflowCluster
+
+    from contrail.demo import write_penguins
+    from contrail_airflow.mode import airflow_settings
+
+    redis_url = os.environ.get("CONTRAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379") + "/14"
+    timings = {}
+    for mode in ("embedded", "scaleout"):
+        home = work / f"e2e-{mode}"
+        write_penguins(home / "data")
+        cluster = AirflowCluster(home, database="postgres" if mode == "scaleout" else "sqlite")
+        if mode == "scaleout":
+            cluster.env.update(
+                airflow_settings(
+                    {
+                        "CONTRAIL_MODE": "scaleout",
+                        "CONTRAIL_DATABASE_URL": cluster.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+                        "CONTRAIL_BROKER_URL": redis_url,
+                    }
+                )
+            )
+            redis.Redis.from_url(redis_url).flushdb()
+        try:
+            cluster.start()
+            if mode == "scaleout":
+                for name in ("worker-a", "worker-b"):
+                    cluster.spawn(name, ["celery", "worker", "--celery-hostname", f"{name}@%h", "--skip-serve-logs"])
+            cluster.wait_for_dag("penguins")
+            times = []
+            for i in range(repeat):
+                started = time.perf_counter()
+                cluster.trigger("penguins", f"e2e-{i}")
+                state = cluster.wait_for_run("penguins", f"e2e-{i}", timeout=900)
+                assert state == "success", f"{mode} run e2e-{i}: {state}"
+                times.append(time.perf_counter() - started)
+            timings[mode] = statistics.median(times)
+            print(f"e2e        {mode:9s} penguins trigger -> success: {timings[mode]:.1f} s (runs: {times})")
+        finally:
+            cluster.stop()
+            if mode == "scaleout":
+                redis.Redis.from_url(redis_url).flushdb()
+    record(
+        "e2e",
+        "scale-out: penguins run, trigger to success",
+        timings["scaleout"],
+        "embedded: penguins run",
+        timings["embedded"],
+        "s",
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -306,6 +364,8 @@ def main() -> int:
             bench_inference(work, args.rows, args.repeat)
         if "parse" in sections:
             bench_parse(work, args.repeat)
+        if "e2e" in sections:
+            bench_e2e(work, args.repeat)
     out = ROOT / "benchmarks" / "results.json"
     out.write_text(json.dumps({"rows": args.rows, "repeat": args.repeat, "results": RESULTS}, indent=2))
     print(f"Results written to {out}")

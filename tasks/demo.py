@@ -87,7 +87,7 @@ def summarize(artifact_root: Path, pipeline: str, run_id: str) -> dict:
 
     manifests = {step: artifacts.read_manifest(run_dir / step) for step in STEPS[:-1]}
     collected = inference.collect(run_dir / "inference")
-    manifests["inference"] = {"result": collected} if collected else None
+    manifests["inference"] = {"result": collected, "timings": {"seconds": collected["seconds"]}} if collected else None
     missing = [s for s, m in manifests.items() if m is None]
     if missing:
         raise SystemExit(f"{run_dir}: steps without a committed manifest: {', '.join(missing)}")

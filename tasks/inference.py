@@ -113,14 +113,15 @@ def collect(step_dir: Path) -> dict | None:
     the parts' manifests combined. None until every part has committed."""
     manifest = artifacts.read_manifest(step_dir)
     if manifest is not None:
-        return manifest["result"]
+        return {**manifest["result"], "seconds": manifest["timings"]["seconds"]}
     parts = sorted(step_dir.glob("part-*-of-*"))
     if not parts:
         return None
     expected = int(parts[0].name.rsplit("-", 1)[1])
-    results = [m["result"] for m in map(artifacts.read_manifest, parts) if m is not None]
-    if len(results) != expected:
+    manifests = [m for m in map(artifacts.read_manifest, parts) if m is not None]
+    if len(manifests) != expected:
         return None
+    results = [m["result"] for m in manifests]
     return {
         "step_dir": str(step_dir),
         "predictions": sorted(p for r in results for p in r["predictions"]),
@@ -128,6 +129,7 @@ def collect(step_dir: Path) -> dict | None:
         "model_version": results[0]["model_version"],
         "parts": len(results),
         "reused": all(r.get("reused") for r in results),
+        "seconds": max(m["timings"]["seconds"] for m in manifests),  # the parts run side by side
     }
 
 

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contrail import artifacts, tfrecord
+from contrail import artifacts, report, tfrecord
 from contrail.errors import TrainingError
 from contrail.faults import failpoint
 from contrail.spec import LoadedSpec, TrainSpec, load_spec
@@ -229,6 +229,7 @@ class _Trainer:
                 for name, value in metrics.items():
                     tf.summary.scalar(name, value)
             writer.flush()
+            report.write_report(self.step_dir.parent, self.loaded.spec)  # the curves so far
             elapsed = time.time() - fit_started
             rate = (step - steps_at_start) / max(elapsed, 1e-9)
             eta = (train.max_steps - step) / rate if rate > 0 else float("nan")

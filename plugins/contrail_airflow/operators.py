@@ -16,6 +16,7 @@ from airflow.sdk import BaseOperator
 from contrail import artifacts, config
 from contrail.errors import ContrailError, SpecError
 from contrail_airflow.assets import model_asset, promotion_alias, tfrecords_asset
+from contrail_airflow.report_plugin import RunReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -50,9 +51,11 @@ class _ContrailOperator(BaseOperator):
         return {"train": train, "model": model, "force_promote": bool(params.get("force_promote", False))}
 
     def record(self, context: Context, step: str, result: dict, started: float) -> dict:
-        """Append this execution to the run's event log, then hand the result to XCom."""
+        """Append this execution to the run's event log, refresh the run report, then hand the
+        result to XCom."""
+        run_dir = self.paths().run(artifacts.run_key(context["run_id"]))
         artifacts.record_event(
-            self.paths().run(artifacts.run_key(context["run_id"])),
+            run_dir,
             {
                 "step": step,
                 "reused": bool(result.get("reused")),
@@ -61,6 +64,10 @@ class _ContrailOperator(BaseOperator):
                 "run_id": context["run_id"],
             },
         )
+        from contrail.report import write_report
+        from contrail.spec import load_spec
+
+        write_report(run_dir, load_spec(self.spec_path, check_build_fn=False).spec)
         return result
 
 
@@ -107,6 +114,7 @@ class TrainOperator(_ContrailOperator):
     """
 
     template_fields = ("spec_path", "preprocess")
+    operator_extra_links = (RunReportLink(),)
 
     def __init__(self, *, preprocess: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -163,6 +171,7 @@ class ExportOperator(_ContrailOperator):
     """
 
     template_fields = ("spec_path", "preprocess", "train", "best")
+    operator_extra_links = (RunReportLink(),)
 
     def __init__(self, *, preprocess: Any, train: Any, best: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -241,7 +250,6 @@ class BatchInferenceOperator(_ContrailOperator):
             parts=self.parts,
         )
         return self.record(context, inference.STEP, inference.run(args), started)
-
 
     def model_version(self, context: Context) -> int | None:
         if isinstance(self.export, dict):

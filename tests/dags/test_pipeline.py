@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pyarrow as pa
@@ -119,3 +121,107 @@ def test_unknown_conf_key_fails_the_run(demo):
     bad = run_pipeline(demo["home"], "--conf", json.dumps({"max_step": 5}), date="2026-01-02")
     assert bad.returncode == 1
     assert "unknown conf key 'max_step'" in bad.stdout + bad.stderr
+
+
+def _chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess:
+    """Debian's Chromium, headless, as this machine needs it (see scripts/install-browser)."""
+    command = [
+        shutil.which("chromium") or "/usr/bin/chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={user_data}",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_the_run_report_renders_in_a_real_browser(demo, tmp_path):
+    report = demo["run_dir"] / "report.html"
+    assert report.is_file()
+    assert "http://" not in report.read_text() and "https://" not in report.read_text()  # self-contained
+    shot = tmp_path / "report.png"
+    taken = _chromium("--window-size=1100,2600", f"--screenshot={shot}", report.as_uri(), user_data=tmp_path / "p1")
+    assert shot.is_file() and shot.stat().st_size > 20_000, taken.stderr[-2000:]
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    dumped = _chromium("--dump-dom", report.as_uri(), user_data=tmp_path / "p2")
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    dom = _parse(dumped.stdout)
+    history = read_history(demo["results"]["train"]["history"])
+    assert dom.count("svg#plot-loss circle.eval") == len(history)
+    assert dom.count("svg#plot-loss circle.train") == len(history)
+    assert sorted(dom.steps("svg#plot-loss circle.eval")) == [r["step"] for r in history]
+    best = demo["results"]["select_best"]
+    assert dom.marker_steps("selected") == {best["step"]}
+    train = demo["results"]["train"]
+    assert f"{train['best_value']:.6g} at evaluation {train['best_eval_index']}" in dom.text_of("best-value")
+    assert dom.text_of("stop-reason") == train["stop_reason"]
+    blessing = json.loads((demo["run_dir"] / "export" / "blessing.json").read_text())
+    assert dom.attribute("decision", "data-decision") == blessing["decision"]
+    metric = blessing["metric"]
+    assert dom.text_of("candidate-score") == f"{blessing['candidate_score'][metric]:.6g}"
+    assert dom.text_of("model-version") == str(demo["results"]["export"]["version"])
+    assert dom.attribute("status", "data-complete") == "true"
+
+
+class _Dom(HTMLParser):
+    """The few DOM queries the report test needs, over Chromium's serialized DOM."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict, list[str]]] = []  # tag, attributes, open svg ids
+        self.texts: dict[str, str] = {}
+        self._svg: list[str] = []
+        self._open: list[tuple[str, str | None]] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "svg":
+            self._svg.append(attrs.get("id", ""))
+        self.elements.append((tag, attrs, list(self._svg)))
+        if tag not in ("circle", "line", "rect", "meta", "br"):
+            self._open.append((tag, attrs.get("id")))
+
+    def handle_endtag(self, tag):
+        if tag == "svg" and self._svg:
+            self._svg.pop()
+        while self._open:
+            opened, _ = self._open.pop()
+            if opened == tag:
+                break
+
+    def handle_data(self, data):
+        for _, element_id in self._open:
+            if element_id:
+                self.texts[element_id] = self.texts.get(element_id, "") + data
+
+    def _select(self, selector: str):
+        svg, _, rest = selector.partition(" ")
+        tag, cls = rest.split(".")
+        svg_id = svg.split("#")[1]
+        return [a for t, a, svgs in self.elements if t == tag and svg_id in svgs and cls in a.get("class", "").split()]
+
+    def count(self, selector: str) -> int:
+        return len(self._select(selector))
+
+    def steps(self, selector: str) -> list[int]:
+        return [int(a["data-step"]) for a in self._select(selector)]
+
+    def marker_steps(self, kind: str) -> set[int]:
+        return {int(a["data-step"]) for t, a, _ in self.elements if t == "line" and kind in a.get("class", "").split()}
+
+    def text_of(self, element_id: str) -> str:
+        return " ".join(self.texts.get(element_id, "").split())
+
+    def attribute(self, element_id: str, name: str) -> str | None:
+        return next((a.get(name) for _, a, _ in self.elements if a.get("id") == element_id), None)
+
+
+def _parse(page: str) -> _Dom:
+    dom = _Dom()
+    dom.feed(page)
+    return dom

@@ -127,3 +127,23 @@ def test_rest_requires_auth_and_a_viewer_cannot_trigger(cluster):
     assert viewer.status_code == 403
     invalid = cluster.api("POST", "/dags/penguins/dagRuns", json={"logical_date": None, "conf": {"max_steps": 0}})
     assert invalid.status_code == 400  # the Param's minimum is 1
+
+
+def test_the_run_report_link_opens_the_report_through_the_api_server(cluster):
+    run_id = "kill-in-checkpoint"  # finished by the test above
+    for task_id in ("train", "export"):
+        links = cluster.api("GET", f"/dags/penguins/dagRuns/{run_id}/taskInstances/{task_id}/links").json()
+        url = links["extra_links"]["Run report"]
+        assert url == f"{cluster.base}/contrail/reports/penguins/{run_id}", links
+    token = cluster.token("viewer", "viewer")  # reading a run's report needs only read access
+    page = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<title>Contrail run report: penguins / kill-in-checkpoint</title>" in page.text
+    assert 'id="decision"' in page.text
+    assert httpx.get(url, timeout=30).status_code == 401  # no credentials, no report
+    missing = httpx.get(
+        f"{cluster.base}/contrail/reports/penguins/no-such-run",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert missing.status_code == 404 and "has no report yet" in missing.text

@@ -1,0 +1,364 @@
+"""The run report: one self-contained HTML page per run, `runs/<run_key>/report.html`.
+
+It is rebuilt from the run's committed artifacts after every step and at every evaluation, so
+it is useful while training still runs (the page reloads itself until the run is complete).
+Plots are inline SVG drawn here: the page loads nothing from the network, has no script, and
+opens from disk, from the Airflow plugin, or from an e-mail attachment alike.
+
+What it shows: every metric against the step (train and eval) with the early-stopping best, the
+stopping point and the selected checkpoint marked; the stop reason, the patience and the best
+value; the blessing with both models' scores; the data summary from stats.json; each step's
+timing; the model version and the artifacts' paths.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from contrail import artifacts
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.html"
+STEPS = ("preprocess", "train", "select_best", "export", "inference")
+COLORS = {"train": "#4c78a8", "eval": "#e45756"}
+
+
+def write_report(run_dir: str | Path, spec: Any | None = None) -> Path | None:
+    """Rebuild the report from what the run has committed so far. Never raises: a report is a
+    view, and must not fail the step that refreshes it."""
+    run_dir = Path(run_dir)
+    try:
+        page = render(collect(run_dir, spec))
+        path = run_dir / REPORT
+        tmp = path.with_name(f".{REPORT}.tmp")
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(path)
+        return path
+    except Exception:  # broad: see the docstring
+        log.warning("Could not write the run report under %s", run_dir, exc_info=True)
+        return None
+
+
+def collect(run_dir: Path, spec: Any | None = None) -> dict:
+    """Everything the report shows, read from the run's artifacts (all optional)."""
+    from contrail import inference
+    from contrail.train import read_history
+
+    manifests = {step: artifacts.read_manifest(run_dir / step) for step in STEPS[:-1]}
+    results = {step: (m or {}).get("result") for step, m in manifests.items()}
+    results["inference"] = inference.collect(run_dir / "inference")
+    history_path = run_dir / "train" / "history.jsonl"
+    history = read_history(history_path) if history_path.is_file() else []
+    stats_path = run_dir / "preprocess" / "stats.json"
+    blessing_path = run_dir / "export" / "blessing.json"
+    events = artifacts.read_events(run_dir)
+    latest: dict[str, dict] = {}
+    for event in events:
+        latest[event["step"]] = event
+    early = getattr(getattr(spec, "train", None), "early_stopping", None)
+    return {
+        "pipeline": run_dir.parent.parent.name,
+        "run_key": run_dir.name,
+        "run_id": events[-1]["run_id"] if events else run_dir.name,
+        "run_dir": str(run_dir),
+        "results": results,
+        "history": history,
+        "stats": artifacts.read_json(stats_path) if stats_path.is_file() else None,
+        "blessing": artifacts.read_json(blessing_path) if blessing_path.is_file() else None,
+        "timings": {step: e["seconds"] for step, e in latest.items()},
+        "reused": {step: e.get("reused", False) for step, e in latest.items()},
+        "early_stopping": early.model_dump() if early is not None else None,
+        "max_steps": getattr(getattr(spec, "train", None), "max_steps", None),
+        "complete": all(results[s] for s in STEPS),
+        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+# -- rendering ------------------------------------------------------------------------------
+def render(info: dict) -> str:
+    results = info["results"]
+    done = [s for s in STEPS if results.get(s)]
+    status = "complete" if info["complete"] else f"in progress ({', '.join(done) or 'no step'} done)"
+    refresh = "" if info["complete"] else '<meta http-equiv="refresh" content="15">'
+    sections = [
+        _training(info),
+        _plots(info),
+        _blessing(info["blessing"], results.get("export")),
+        _data(info["stats"], results.get("preprocess")),
+        _timings(info),
+        _artifacts(info),
+    ]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">{refresh}
+<title>Contrail run report: {_e(info["pipeline"])} / {_e(info["run_id"])}</title>
+<style>{CSS}</style></head>
+<body>
+<header><h1>{_e(info["pipeline"])} <span class="run">run {_e(info["run_id"])}</span></h1>
+<p id="status" data-complete="{str(info["complete"]).lower()}">Status: {_e(status)}.
+Generated {_e(info["generated"])}{"" if info["complete"] else "; this page reloads every 15 s"}.</p></header>
+{"".join(sections)}
+</body></html>
+"""
+
+
+def _training(info: dict) -> str:
+    train, best, history = info["results"].get("train"), info["results"].get("select_best"), info["history"]
+    if not history:
+        return '<section id="training"><h2>Training</h2><p>No evaluation yet.</p></section>'
+    last = history[-1]
+    early = info["early_stopping"] or {}
+    monitor = early.get("monitor") or (train or {}).get("monitor") or "val_loss"
+    rows = [
+        ("Stop reason", train["stop_reason"] if train else "still training", "stop-reason"),
+        (
+            "Evaluations",
+            f"{len(history)} (step {last['step']}" + (f" of {info['max_steps']})" if info["max_steps"] else ")"),
+            "evaluations",
+        ),
+        ("Monitored metric", f"{monitor} ({early.get('mode', 'auto')})", "monitor"),
+        (
+            "Patience",
+            f"{early.get('patience', '-')} evaluations, min_delta {early.get('min_delta', 0)}; "
+            f"used {last['wait']} at the last evaluation",
+            "patience",
+        ),
+        ("Early-stopping best", f"{_num(last['best'])} at evaluation {last['best_eval_index']}", "best-value"),
+    ]
+    if best:
+        rows.append(
+            (
+                "Selected checkpoint",
+                f"evaluation {best['eval_index']} (step {best['step']}), {best['monitor']} = {_num(best['value'])}",
+                "selected",
+            )
+        )
+    return '<section id="training"><h2>Training</h2>' + _table(rows) + "</section>"
+
+
+def _plots(info: dict) -> str:
+    history = info["history"]
+    if not history:
+        return ""
+    best = info["results"].get("select_best")
+    train = info["results"].get("train")
+    marks = []
+    if best:
+        marks.append(("selected", best["step"], f"selected (eval {best['eval_index']})"))
+    es_best = history[-1]["best_eval_index"]
+    es_step = next((r["step"] for r in history if r["eval_index"] == es_best), None)
+    if es_step is not None and (not best or es_step != best["step"]):
+        marks.append(("es-best", es_step, f"early-stopping best (eval {es_best})"))
+    if train and train.get("stop_reason") == "early_stopping":
+        marks.append(("early-stop", history[-1]["step"], f"early stop (eval {history[-1]['eval_index']})"))
+    names = sorted({k.removeprefix("val_") for r in history for k in r["metrics"]})
+    charts = []
+    for name in names:
+        series = {
+            "train": [(r["step"], r["metrics"][name]) for r in history if name in r["metrics"]],
+            "eval": [(r["step"], r["metrics"][f"val_{name}"]) for r in history if f"val_{name}" in r["metrics"]],
+        }
+        charts.append(_chart(name, series, marks))
+    return '<section id="plots"><h2>Metrics by step</h2>' + "".join(charts) + "</section>"
+
+
+def _chart(name: str, series: dict[str, list[tuple[int, float]]], marks: list) -> str:
+    width, height, left, right, top, bottom = 640, 260, 64, 16, 16, 40
+    points = [p for s in series.values() for p in s if math.isfinite(p[1])]
+    if not points:
+        return ""
+    xs, ys = [p[0] for p in points] + [m[1] for m in marks], [p[1] for p in points]
+    x0, x1 = min(0, *xs), max(xs) or 1
+    y0, y1 = min(ys), max(ys)
+    if y0 == y1:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    pad = (y1 - y0) * 0.05
+    y0, y1 = y0 - pad, y1 + pad
+
+    def sx(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def sy(y: float) -> float:
+        return top + (y1 - y) / (y1 - y0) * (height - top - bottom)
+
+    parts = [
+        f'<svg id="plot-{_e(name)}" class="plot" data-metric="{_e(name)}" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{_e(name)} by step">',
+        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" class="frame"/>',
+    ]
+    for i in range(5):
+        value = y0 + (y1 - y0) * i / 4
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(value):.1f}" y2="{sy(value):.1f}" class="grid"/>')
+        parts.append(
+            f'<text x="{left - 6}" y="{sy(value) + 4:.1f}" class="tick" text-anchor="end">{_num(value, 3)}</text>'
+        )
+    for i in range(5):
+        step = x0 + (x1 - x0) * i / 4
+        parts.append(
+            f'<text x="{sx(step):.1f}" y="{height - bottom + 16}" class="tick" text-anchor="middle">{step:,.0f}</text>'
+        )
+    parts.append(
+        f'<text x="{(left + width - right) / 2}" y="{height - 6}" class="axis" text-anchor="middle">step</text>'
+    )
+    for cls, step, label in marks:
+        x = sx(step)
+        parts.append(
+            f'<line class="marker {cls}" data-step="{step}" x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{height - bottom}">'
+            f"<title>{_e(label)}</title></line>"
+        )
+    for split, values in series.items():
+        finite = [(s, v) for s, v in values if math.isfinite(v)]
+        if not finite:
+            continue
+        path = " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in finite)
+        parts.append(f'<polyline class="line {split}" points="{path}" stroke="{COLORS[split]}"/>')
+        for s, v in finite:
+            parts.append(
+                f'<circle class="point {split}" cx="{sx(s):.1f}" cy="{sy(v):.1f}" r="3" fill="{COLORS[split]}" '
+                f'data-step="{s}" data-value="{v!r}"><title>{split} {_e(name)} at step {s}: {_num(v)}</title></circle>'
+            )
+    parts.append("</svg>")
+    legend = " ".join(
+        f'<span class="key" style="--c:{COLORS[s]}">{"eval (val_" + _e(name) + ")" if s == "eval" else "train"}</span>'
+        for s in series
+        if series[s]
+    )
+    legend += "".join(f' <span class="key mark {cls}">{_e(label)}</span>' for cls, _, label in marks)
+    return f'<figure><figcaption>{_e(name)}</figcaption>{"".join(parts)}<div class="legend">{legend}</div></figure>'
+
+
+def _blessing(blessing: dict | None, export: dict | None) -> str:
+    if not blessing:
+        return '<section id="blessing"><h2>Promotion</h2><p>Not exported yet.</p></section>'
+    metric = blessing["metric"]
+    candidate = (blessing.get("candidate_score") or {}).get(metric)
+    production = (blessing.get("production_score") or {}).get(metric)
+    rows = [
+        (
+            "Decision",
+            f'<b id="decision" data-decision="{_e(blessing["decision"])}">{_e(blessing["decision"])}</b> '
+            f"({'promoted' if blessing['promoted'] else 'not promoted'})",
+            None,
+        ),
+        ("Reason", _e(blessing.get("reason", "")), None),
+        ("Compared on", _e(blessing.get("compared_on", "")), None),
+        (
+            f"Candidate v{blessing['candidate_version']} {_e(metric)}",
+            f'<span id="candidate-score">{_num(candidate)}</span>',
+            None,
+        ),
+        (
+            f"Production{' v' + str(blessing['previous_version']) if blessing.get('previous_version') else ''} {_e(metric)}",
+            f'<span id="production-score">{_num(production)}</span>',
+            None,
+        ),
+        ("Production version now", str(blessing["production_version"]), None),
+    ]
+    if blessing.get("schema_change"):
+        rows.append(("Schema change", _e(json.dumps(blessing["schema_change"])), None))
+    return '<section id="blessing"><h2>Promotion</h2>' + _table(rows, escape=False) + "</section>"
+
+
+def _data(stats: dict | None, preprocess: dict | None) -> str:
+    if not stats or not preprocess:
+        return '<section id="data"><h2>Data</h2><p>Not preprocessed yet.</p></section>'
+    head = _table(
+        [
+            ("Input rows", f"{preprocess['input_rows']:,}", "input-rows"),
+            ("Train / eval records", f"{preprocess['train_records']:,} / {preprocess['eval_records']:,}", "split"),
+            ("Eval share", f"{preprocess['eval_records'] / max(preprocess['input_rows'], 1):.1%}", None),
+        ]
+    )
+    rows = []
+    for name, feature in stats["features"].items():
+        vocab = feature.get("vocabulary_size")
+        oov = feature.get("eval_oov_fraction")
+        rows.append(
+            "<tr>"
+            f"<td>{_e(name)}</td><td>{_e(feature['type'])}</td><td>{feature['count']:,}</td>"
+            f"<td>{feature['missing']:,}</td>"
+            f"<td>{_num(feature.get('min'))}</td><td>{_num(feature.get('max'))}</td><td>{_num(feature.get('mean'))}</td>"
+            f"<td>{'' if vocab is None else vocab}</td><td>{'' if oov is None else f'{oov:.1%}'}</td>"
+            "</tr>"
+        )
+    table = (
+        '<table class="features"><thead><tr><th>feature</th><th>type</th><th>count</th><th>missing</th>'
+        "<th>min</th><th>max</th><th>mean</th><th>vocabulary</th><th>eval OOV</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+    return f'<section id="data"><h2>Data</h2>{head}{table}</section>'
+
+
+def _timings(info: dict) -> str:
+    rows = [
+        (step, f"{info['timings'][step]:.1f} s" + (" (reused)" if info["reused"].get(step) else ""), f"time-{step}")
+        for step in STEPS
+        if step in info["timings"]
+    ]
+    return (
+        '<section id="timings"><h2>Step timings</h2>'
+        + (_table(rows) if rows else "<p>No step done.</p>")
+        + "</section>"
+    )
+
+
+def _artifacts(info: dict) -> str:
+    results = info["results"]
+    export = results.get("export") or {}
+    rows = [("Run folder", info["run_dir"], None)]
+    if export:
+        rows.insert(0, ("Model version", f'<span id="model-version">{export["version"]}</span>', None))
+        rows.append(("SavedModel", _e(export["model_dir"]), None))
+    if results.get("preprocess"):
+        rows.append(("TFRecords", _e(results["preprocess"]["step_dir"]), None))
+    if results.get("train"):
+        rows.append(("Checkpoints", _e(results["train"]["checkpoint_dir"]), None))
+        rows.append(("TensorBoard", _e(str(Path(results["train"]["step_dir"]) / "tensorboard")), None))
+    if results.get("select_best"):
+        rows.append(("Selected checkpoint", _e(results["select_best"]["checkpoint"]), None))
+    if results.get("inference"):
+        inference = results["inference"]
+        rows.append(("Predictions", f"{inference['rows']:,} rows in {_e(inference['step_dir'])}", None))
+    return '<section id="artifacts"><h2>Model and artifacts</h2>' + _table(rows, escape=False) + "</section>"
+
+
+def _table(rows: list[tuple[str, str, str | None]], escape: bool = True) -> str:
+    body = "".join(
+        f"<tr><th>{_e(k) if escape else k}</th><td{f' id={chr(34)}{i}{chr(34)}' if i else ''}>{_e(v) if escape else v}</td></tr>"
+        for k, v, i in rows
+    )
+    return f'<table class="kv">{body}</table>'
+
+
+def _num(value: Any, digits: int = 6) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.{digits}g}" if isinstance(value, float) else f"{value:,}"
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1000px;color:#222;padding:0 16px}
+h1{font-size:22px;margin:0}h1 .run{font-weight:400;color:#666;font-size:16px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+table{border-collapse:collapse;margin:8px 0}th,td{padding:3px 10px;text-align:left;vertical-align:top;border-bottom:1px solid #eee}
+table.kv th{color:#555;font-weight:500;white-space:nowrap}table.features td:nth-child(n+3){text-align:right;font-variant-numeric:tabular-nums}
+figure{margin:12px 0 20px}figcaption{font-weight:600;margin-bottom:4px}
+svg .frame{fill:#fcfcfc;stroke:#ccc}svg .grid{stroke:#eee}svg .tick,svg .axis{font-size:11px;fill:#666}
+svg .line{fill:none;stroke-width:1.8}svg .marker{stroke-width:1.5;stroke-dasharray:5 4}
+svg .marker.selected{stroke:#2ca02c}svg .marker.es-best{stroke:#9467bd}svg .marker.early-stop{stroke:#ff7f0e}
+.legend{font-size:12px;color:#444}.key{margin-right:14px}.key:before{content:"";display:inline-block;width:12px;height:3px;background:var(--c,#999);margin-right:5px;vertical-align:middle}
+.key.mark.selected:before{background:#2ca02c}.key.mark.es-best:before{background:#9467bd}.key.mark.early-stop:before{background:#ff7f0e}
+#status{color:#555}
+"""
