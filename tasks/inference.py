@@ -17,11 +17,13 @@ import pyarrow.parquet as pq
 
 from contrail import artifacts, data, serving
 from contrail.errors import InferenceError, UnknownCategoryError
+from contrail.progress import Progress
 from contrail.spec import load_spec
 
 log = logging.getLogger(__name__)
 
 STEP = "inference"
+SLICE_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,17 @@ def run(args: InferenceArgs) -> dict:
         {n: spec.data.features[n] for n in features if n in spec.data.features}, None, spec.data.key
     )
     with artifacts.staged_dir(step_dir) as staging:
-        rows_in, outputs, done = 0, {}, 0
-        total_bytes = sum(f.stat().st_size for f in files)
+        rows_in, outputs = 0, {}
+        progress = _progress(files, spec.inference.format)
         for k, (i, path) in enumerate(numbered):
             table = data.read_table(path, spec.inference.format, columns)
             _check_categories(table, features, spec.data.max_oov_fraction, path)
-            predictions = _score(model, table, schema, spec.inference.batch_size, path)
+            pieces = []
+            for offset in range(0, max(table.num_rows, 1), SLICE_ROWS):  # slices: steady progress in big files
+                pieces.append(_score(model, table.slice(offset, SLICE_ROWS), schema, spec.inference.batch_size, path))
+                if progress.unit == "rows":
+                    progress.advance(min(SLICE_ROWS, table.num_rows - offset))
+            predictions = pa.concat_tables(pieces)
             if spec.data.key is not None:
                 predictions = predictions.add_column(0, spec.data.key, table.column(spec.data.key))
             if predictions.num_rows != table.num_rows:
@@ -75,18 +82,9 @@ def run(args: InferenceArgs) -> dict:
             pq.write_table(predictions, staging / name, write_page_checksum=True)
             outputs[name] = table.num_rows
             rows_in += table.num_rows
-            done += path.stat().st_size
-            elapsed = time.time() - started
-            log.info(
-                "Scored %s: %d rows (%d/%d files, %d rows so far, %.0f rows/s, ETA %.0fs)",
-                path.name,
-                table.num_rows,
-                k + 1,
-                len(files),
-                rows_in,
-                rows_in / max(elapsed, 1e-9),
-                elapsed / max(done, 1) * (total_bytes - done),
-            )
+            if progress.unit == "bytes":
+                progress.advance(path.stat().st_size)
+            log.info("Scored %s: %d rows (%d/%d files)", path.name, table.num_rows, k + 1, len(files))
         result = {
             "step_dir": str(step_dir),
             "predictions": [str(step_dir / n) for n in outputs],
@@ -106,6 +104,17 @@ def run(args: InferenceArgs) -> dict:
         )
     log.info("Wrote %d predictions with model version %d to %s", rows_in, version, step_dir)
     return result
+
+
+def _progress(files: list[Path], fmt: str) -> Progress:
+    """Rows when the total is known up front (Parquet footers), else bytes."""
+    if fmt == "parquet":
+        try:
+            total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            return Progress(log, "inference: scoring", total, unit="rows")
+        except (OSError, pa.ArrowException):
+            pass  # read_table reports a broken file properly
+    return Progress(log, "inference: scoring", sum(f.stat().st_size for f in files), unit="bytes")
 
 
 def collect(step_dir: Path) -> dict | None:

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from contrail import artifacts, data, example_encoder, tfrecord
 from contrail.errors import EmptyInputError, UnknownCategoryError
+from contrail.progress import Progress
 from contrail.spec import DataSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,14 @@ def run(args: PreprocessArgs) -> dict:
         return reused
 
     columns = data.required_columns(spec.features, spec.label, spec.key)
+    read_so_far = Progress(log, "preprocess: reading", sum(f.stat().st_size for f in files), unit="bytes")
     tables, origins = [], []
     for i, path in enumerate(files):
         table = data.read_table(path, spec.format, columns)
         log.info("Read %d rows from %s (%d/%d files)", table.num_rows, path, i + 1, len(files))
         tables.append(table)
         origins.append((path, table.num_rows))
+        read_so_far.advance(path.stat().st_size)
     table = pa.concat_tables(tables) if tables else None
     if table is None or table.num_rows == 0:
         raise EmptyInputError(f"{args.source}: expected at least one data row, found 0 rows in {len(files)} file(s)")
@@ -74,6 +77,7 @@ def run(args: PreprocessArgs) -> dict:
     _check_oov(stats, spec, args.source)
 
     encoded = example_encoder.encode_table(_encoded_columns(table, spec))
+    written_so_far = Progress(log, "preprocess: writing TFRecords", len(train_idx) + len(eval_idx), unit="records")
     with artifacts.staged_dir(step_dir) as staging:
         outputs = {}
         for split, idx in (("train", train_idx), ("eval", eval_idx)):
@@ -83,6 +87,7 @@ def run(args: PreprocessArgs) -> dict:
                 written = tfrecord.write_shard(staging / name, encoded.records(part), compression=spec.compression)
                 outputs[name] = written
                 log.info("Wrote %s: %d records", name, written)
+                written_so_far.advance(written)
         artifacts.write_json_atomic(staging / SCHEMA, schema)
         artifacts.write_json_atomic(staging / STATS, stats)
         entries = artifacts.describe_outputs(staging, [*outputs, SCHEMA, STATS], outputs)

@@ -23,6 +23,7 @@ from pathlib import Path
 from contrail import artifacts, report, tfrecord
 from contrail.errors import TrainingError
 from contrail.faults import failpoint
+from contrail.progress import Progress
 from contrail.spec import LoadedSpec, TrainSpec, load_spec
 
 log = logging.getLogger(__name__)
@@ -189,8 +190,13 @@ class _Trainer:
             model.reset_metrics()
             t0 = time.time()
             logs = {}
+            # Between evaluations (the evaluation logs itself): a line every 30 s of a long round.
+            ticks = Progress(
+                log, f"training to evaluation {eval_index + 1}", round_steps, "steps", 30, log_at_end=False
+            )
             for _ in range(math.ceil(round_steps / spe)):
                 logs = model.train_function(iterator)
+                ticks.advance(spe)
             failpoint(f"train.before_eval.{eval_index + 1}")
             train_seconds = time.time() - t0
             step = int(model.optimizer.iterations.numpy())
