@@ -86,6 +86,8 @@ def _read_csv(path: Path, columns: list[Column]) -> pa.Table:
     except pa.ArrowInvalid as exc:
         if "Empty CSV file" in str(exc):
             raise EmptyInputError(f"{path}: expected a CSV header and rows, found an empty file") from exc
+        if "columns, got" in str(exc):
+            raise SchemaMismatchError(f"{path}: expected every row to have the header's fields, found: {exc}") from exc
         raise SchemaMismatchError(f"{path}: expected a well-formed CSV file, found: {exc}") from exc
     missing = [c.name for c in columns if c.name not in header]
     if missing:
@@ -104,7 +106,9 @@ def _read_csv(path: Path, columns: list[Column]) -> pa.Table:
         message = str(exc)
         if "CSV conversion error" in message:
             raise SchemaMismatchError(f"{path}: a value does not have its spec type: {message}") from exc
-        raise SchemaMismatchError(f"{path}: expected rows with {len(header)} fields, found: {message}") from exc
+        raise SchemaMismatchError(
+            f"{path}: expected every row to have the header's fields ({len(header)}), found: {message}"
+        ) from exc
 
 
 def _checked(array: pa.ChunkedArray, column: Column, path: Path) -> pa.ChunkedArray:

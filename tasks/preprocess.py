@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from contrail import artifacts, data, example_encoder, tfrecord
+from contrail import artifacts, cache, data, example_encoder, tfrecord
 from contrail.errors import EmptyInputError, UnknownCategoryError
 from contrail.progress import Progress
 from contrail.spec import DataSpec, load_spec
@@ -35,6 +35,7 @@ class PreprocessArgs:
     spec_path: str
     source: str  # the rendered data.source glob
     step_dir: str
+    cache_dir: str | None = None  # `<pipeline>/cache`: reuse another run's output for the same content
 
 
 def run(args: PreprocessArgs) -> dict:
@@ -44,12 +45,16 @@ def run(args: PreprocessArgs) -> dict:
     spec = loaded.spec.data
     step_dir = Path(args.step_dir)
     files = data.resolve_files(args.source, field=f"{loaded.path.name}: data.source")
-    inputs = {str(f): _file_fingerprint(f) for f in files}
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    inputs = cache.content_fingerprints(files, cache_dir)
     fp = artifacts.fingerprint({"step": STEP, "data": spec.model_dump(), "inputs": inputs})
     reused = artifacts.reusable_result(step_dir, fp)
     if reused is not None:
         log.info("Preprocess output for %s is complete and current; reusing %s", loaded.spec.name, step_dir)
         return reused
+    source = cache.lookup(cache_dir, STEP, fp)
+    if source is not None and source != step_dir:
+        return _from_cache(source, step_dir, fp, inputs, started)
 
     columns = data.required_columns(spec.features, spec.label, spec.key)
     read_so_far = Progress(log, "preprocess: reading", sum(f.stat().st_size for f in files), unit="bytes")
@@ -107,6 +112,7 @@ def run(args: PreprocessArgs) -> dict:
         artifacts.write_manifest(
             staging, step=STEP, fingerprint_=fp, inputs=inputs, outputs=entries, result=result, started=started
         )
+    cache.record(cache_dir, STEP, fp, step_dir)
     log.info(
         "Preprocessed %d rows into %d train and %d eval records in %.1fs",
         table.num_rows,
@@ -117,8 +123,29 @@ def run(args: PreprocessArgs) -> dict:
     return result
 
 
-def _file_fingerprint(path: Path) -> dict:
-    return {"sha256": artifacts.sha256_file(path), "bytes": path.stat().st_size}
+def _from_cache(source: Path, step_dir: Path, fp: str, inputs: dict, started: float) -> dict:
+    """This run's output, hard-linked from an earlier run's with the same content fingerprint."""
+    earlier = artifacts.read_manifest(source)["result"]
+    with artifacts.staged_dir(step_dir) as staging:
+        entries = cache.link_outputs(source, staging)
+        result = {
+            **earlier,
+            "step_dir": str(step_dir),
+            "schema": str(step_dir / SCHEMA),
+            "stats": str(step_dir / STATS),
+            "train_files": [str(step_dir / Path(f).name) for f in earlier["train_files"]],
+            "eval_files": [str(step_dir / Path(f).name) for f in earlier["eval_files"]],
+            "reused": False,
+            "cache_hit": True,
+            "reused_from": str(source),
+        }
+        artifacts.write_manifest(
+            staging, step=STEP, fingerprint_=fp, inputs=inputs, outputs=entries, result=result, started=started
+        )
+    log.info(
+        "Same data and data spec as %s (fingerprint %s): hard-linked its output instead of recomputing", source, fp[:12]
+    )
+    return result
 
 
 def split_mask(table: pa.Table, origins: list[tuple[Path, int]], spec: DataSpec) -> np.ndarray:

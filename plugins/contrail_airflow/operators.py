@@ -94,7 +94,9 @@ class PreprocessOperator(_ContrailOperator):
         check_conf_keys(context)
         source = resolve_source(self, context, self.source)
         self.log.info("Preprocessing %s from %s", self.pipeline, source)
-        args = preprocess.PreprocessArgs(self.spec_path, source, self.step_dir(context, preprocess.STEP))
+        args = preprocess.PreprocessArgs(
+            self.spec_path, source, self.step_dir(context, preprocess.STEP), cache_dir=str(self.paths().base / "cache")
+        )
         result = preprocess.run(args)
         # The TFRecords asset's event (emitted on success) says which files this run published.
         context["outlet_events"][tfrecords_asset(self.pipeline)].extra = {

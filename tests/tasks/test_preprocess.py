@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +142,36 @@ class TestPreprocessInvalidInput:
         ):
             _run(spec, source, tmp_path / "pre")
 
+    def test_inf_in_non_nullable_feature(self, write_spec, tmp_path):
+        table = penguins_table().drop_null()
+        values = table.column("flipper_length_mm").to_numpy().astype(float)
+        values[7] = np.inf
+        table = table.set_column(
+            table.schema.get_field_index("flipper_length_mm"), "flipper_length_mm", pa.array(values)
+        )
+        spec = write_spec({"data": {"features": {"flipper_length_mm": {"type": "float", "nullable": False}}}})
+        with pytest.raises(
+            SchemaMismatchError, match=r"'flipper_length_mm' in .*: expected finite values .*found inf at row 7"
+        ):
+            _run(spec, self._write(tmp_path, table), tmp_path / "pre")
+
+    def test_ragged_csv_row(self, write_spec, tmp_path):
+        directory = tmp_path / "ragged"
+        directory.mkdir()
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(penguins_table(), directory / "penguins.csv")
+        lines = (directory / "penguins.csv").read_text().splitlines()
+        lines[10] = lines[10].rsplit(",", 2)[0]  # two fields short
+        (directory / "penguins.csv").write_text("\n".join(lines) + "\n")
+        spec = write_spec({"data": {"format": "csv", "source": str(directory / "*.csv")}})
+        with pytest.raises(
+            SchemaMismatchError,
+            match=r"penguins\.csv: expected every row to have the header's fields.*, found: .*Expected 9 columns, got 7",
+        ):
+            _run(spec, str(directory / "*.csv"), tmp_path / "pre")
+        assert not (tmp_path / "pre").exists()
+
     def test_null_label(self, write_spec, tmp_path):
         table = penguins_table()
         species = table.column("species").to_pylist()
@@ -196,3 +229,59 @@ class TestPreprocessInvalidInput:
         assert (tmp_path / "pre" / "manifest.json").read_bytes() == manifest_before
         assert all(Path(p).is_file() for p in good["train_files"] + good["eval_files"])
         assert not list(tmp_path.glob(".staging-*"))
+
+
+class TestCachingByContent:
+    def _csv(self, tmp_path: Path) -> Path:
+        import pyarrow.csv as pacsv
+
+        directory = tmp_path / "csv"
+        directory.mkdir()
+        pacsv.write_csv(penguins_table(), directory / "penguins.csv")
+        old = time.time() - 60  # written a minute ago: not "racily clean"
+        os.utime(directory / "penguins.csv", (old, old))
+        return directory / "penguins.csv"
+
+    def _run(self, spec, source, step_dir, cache_dir):
+        return preprocess.run(preprocess.PreprocessArgs(str(spec), source, str(step_dir), cache_dir=str(cache_dir)))
+
+    def test_a_new_run_on_the_same_content_hard_links_the_earlier_output(self, write_spec, tmp_path, caplog):
+        csv = self._csv(tmp_path)
+        spec = write_spec({"data": {"format": "csv", "source": str(csv)}})
+        cache_dir = tmp_path / "cache"
+        first = self._run(spec, str(csv), tmp_path / "runs" / "a" / "preprocess", cache_dir)
+        with caplog.at_level(logging.INFO, logger="contrail.cache"):
+            second = self._run(spec, str(csv), tmp_path / "runs" / "b" / "preprocess", cache_dir)
+        assert second["cache_hit"] and second["reused_from"] == first["step_dir"]
+        assert not any("Hashed" in r.getMessage() for r in caplog.records)  # unchanged stat: no rehash
+        for a, b in zip(first["train_files"] + first["eval_files"], second["train_files"] + second["eval_files"]):
+            assert Path(b).parent == tmp_path / "runs" / "b" / "preprocess"
+            assert os.stat(a).st_ino == os.stat(b).st_ino  # the same bytes, not a recomputation
+        assert second["train_records"] == first["train_records"]
+        assert artifacts.read_manifest(Path(second["step_dir"]))["fingerprint"] == first["fingerprint"]
+
+    def test_new_data_under_the_same_name_and_size_is_noticed(self, write_spec, tmp_path):
+        csv = self._csv(tmp_path)
+        spec = write_spec({"data": {"format": "csv", "source": str(csv)}})
+        cache_dir = tmp_path / "cache"
+        first = self._run(spec, str(csv), tmp_path / "runs" / "a" / "preprocess", cache_dir)
+        text = csv.read_text()
+        changed = text.replace("39.1", "39.2", 1)  # one bill length, same byte count
+        assert changed != text and len(changed) == len(text)
+        size = csv.stat().st_size
+        with csv.open("r+") as handle:  # in place: same name, same inode, same size
+            handle.write(changed)
+        assert csv.stat().st_size == size
+        second = self._run(spec, str(csv), tmp_path / "runs" / "b" / "preprocess", cache_dir)
+        assert not second.get("cache_hit") and second["fingerprint"] != first["fingerprint"]
+
+        def count_39_2(result):
+            values = [
+                r["bill_length_mm"].float_list.value[0]
+                for f in result["train_files"] + result["eval_files"]
+                for r in _records(f)
+                if "bill_length_mm" in r
+            ]
+            return sum(abs(v - 39.2) < 1e-4 for v in values)
+
+        assert count_39_2(second) == count_39_2(first) + 1  # the new value was read, not a stale cache
