@@ -10,15 +10,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from contrail import artifacts, cache, data, example_encoder, tfrecord
+from contrail import artifacts, cache, data, example_encoder, framing, tfrecord
 from contrail.errors import EmptyInputError, UnknownCategoryError
 from contrail.progress import Progress
 from contrail.spec import DataSpec, load_spec
@@ -84,12 +86,24 @@ def run(args: PreprocessArgs) -> dict:
     encoded = example_encoder.encode_table(_encoded_columns(table, spec))
     written_so_far = Progress(log, "preprocess: writing TFRecords", len(train_idx) + len(eval_idx), unit="records")
     with artifacts.staged_dir(step_dir) as staging:
-        outputs = {}
+        shards = []
         for split, idx in (("train", train_idx), ("eval", eval_idx)):
             n_shards = max(1, math.ceil(len(idx) / spec.shard_rows))
             names = tfrecord.shard_names(split, n_shards, spec.compression)
-            for name, part in zip(names, np.array_split(idx, n_shards), strict=True):
-                written = tfrecord.write_shard(staging / name, encoded.records(part), compression=spec.compression)
+            shards += zip(names, np.array_split(idx, n_shards), strict=True)
+
+        def write(shard: tuple[str, np.ndarray]) -> tuple[str, int]:
+            name, part = shard
+            framing.write(
+                staging / name, framing.frame(encoded.data, encoded.offsets, part), compression=spec.compression
+            )
+            return name, len(part)
+
+        # Shards are independent: framing (numpy) and gzip (zlib) release the GIL, so threads
+        # use every core when there are several shards.
+        outputs = {}
+        with ThreadPoolExecutor(max_workers=min(len(shards), os.cpu_count() or 1, 8)) as pool:
+            for name, written in pool.map(write, shards):
                 outputs[name] = written
                 log.info("Wrote %s: %d records", name, written)
                 written_so_far.advance(written)
