@@ -9,7 +9,7 @@ DEMO_DATE ?= 2026-01-01
 DEMO_RUN_ID := manual__$(DEMO_DATE)T00:00:00+00:00
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test test-fast lint format lock clean
+.PHONY: help setup demo test test-fast lint format lock clean bench bench-tfx-bsl
 
 help:
 	@echo "make demo   set up from nothing, run the penguins pipeline end to end through Airflow"
@@ -56,6 +56,18 @@ format: $(STAMP)
 lock: $(STAMP)
 	(echo "# The exact, tested dependency set (Python 3.11, Linux x86_64). Regenerate with: make lock"; \
 	 $(VENV)/bin/pip freeze --exclude-editable | grep -v -i '^contrail') > requirements.lock
+
+# Benchmarks (not part of the tests): see BENCHMARKS.md.
+TFX_BSL_ENV := .bench-tfx-bsl
+$(TFX_BSL_ENV)/bin/python: benchmarks/requirements-tfx-bsl.txt
+	$(PYTHON) -m venv $(TFX_BSL_ENV)
+	$(TFX_BSL_ENV)/bin/python -m pip install --quiet --upgrade "pip>=24"
+	$(TFX_BSL_ENV)/bin/python -m pip install --quiet -r benchmarks/requirements-tfx-bsl.txt
+
+bench-tfx-bsl: $(TFX_BSL_ENV)/bin/python
+
+bench: setup bench-tfx-bsl
+	$(ENV) python benchmarks/run.py --tfx-bsl-python $(TFX_BSL_ENV)/bin/python
 
 clean:
 	rm -rf artifacts logs airflow.db .airflow

@@ -7,6 +7,13 @@ Sections:
              in memory as numpy arrays (the ceiling), same model, batch size and steps.
   encode     Arrow table -> serialized tf.Example: one protobuf object per row (naive) vs
              Contrail's vectorized encoder.
+  write      Parquet file -> TFRecord file of tf.Example, whole conversions: Contrail's writer
+             (pyarrow read, vectorized encoding, numpy framing) vs one protobuf object per row
+             through TFRecordWriter (naive), the same with the features packed into one float
+             list, and pyarrow's read of the same file (the ceiling for any converter).
+  input      tf.data over those TFRecords, batch 1024: Contrail's training pipeline
+             (interleave, shuffle, batch, then parse_example) vs per-example
+             parse_single_example then batch, and the raw interleaved read (the ceiling).
   inference  rows/s through the exported `predict` and `serving_default` signatures vs
              `model.predict` on in-memory numpy, per batch size.
   parse      importing the DAG folder with 20 specs (no TensorFlow).
@@ -40,6 +47,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 RESULTS: list[dict] = []
+TFX_BSL_PYTHON: str | None = None  # --tfx-bsl-python: the benchmark-only environment's interpreter
 
 
 def record(section: str, name: str, value: float, baseline_name: str, baseline: float, unit: str) -> None:
@@ -199,6 +207,133 @@ def bench_encode(rows: int, repeat: int) -> None:
     )
 
 
+def _write_tfrecords(table: pa.Table, directory: Path, shards: int) -> list[str]:
+    """Contrail's writer on a table: encode, frame, one file per shard."""
+    from contrail import example_encoder, framing
+
+    columns = [(n, "float", table.column(n)) for n in table.column_names[:-1]] + [
+        ("label", "int", table.column("label"))
+    ]
+    encoded = example_encoder.encode_table(columns)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, part in enumerate(np.array_split(np.arange(table.num_rows), shards)):
+        path = directory / f"train-{i:05d}-of-{shards:05d}.tfrecord"
+        framing.write(path, framing.frame(encoded.data, encoded.offsets, part), compression="none")
+        paths.append(str(path))
+    return paths
+
+
+def bench_write(work: Path, rows: int, repeat: int) -> None:
+    """Parquet -> TFRecord, whole conversions, on the issue's table: 20 float32 + int64 label."""
+    import tensorflow as tf
+
+    from contrail import tfrecord
+
+    table = synthetic(rows)
+    source = work / "write" / "input.parquet"
+    source.parent.mkdir(parents=True)
+    pq.write_table(table, source)
+
+    def contrail_writer() -> None:
+        _write_tfrecords(pq.read_table(source), work / "write" / "contrail", shards=4)
+
+    naive_rows = min(rows, 100_000)
+
+    def naive(packed: bool) -> None:
+        data = pq.read_table(source).slice(0, naive_rows)
+        names = data.column_names[:-1]
+        x = np.stack([data.column(n).to_numpy() for n in names], axis=1)
+        y = data.column("label").to_numpy()
+        with tf.io.TFRecordWriter(str(work / "write" / f"naive-{packed}.tfrecord")) as writer:
+            for i in range(naive_rows):
+                if packed:
+                    feature = {"x": tf.train.Feature(float_list=tf.train.FloatList(value=x[i]))}
+                else:
+                    feature = {
+                        n: tf.train.Feature(float_list=tf.train.FloatList(value=[x[i, j]])) for j, n in enumerate(names)
+                    }
+                feature["label"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[y[i]]))
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+    ours = rows / median_time(contrail_writer, repeat)
+    written = sum(
+        tfrecord.count_records(Path(p), compression="none") for p in sorted((work / "write" / "contrail").glob("*"))
+    )
+    assert written == rows, (written, rows)
+    per_row = naive_rows / median_time(lambda: naive(False), repeat)
+    packed = naive_rows / median_time(lambda: naive(True), repeat)
+    read = rows / median_time(lambda: pq.read_table(source), repeat)
+    record("write", "Contrail Parquet -> TFRecord", ours, "naive: Example per row", per_row, "rows/s")
+    record("write", "Contrail Parquet -> TFRecord", ours, "naive, features packed in one list", packed, "rows/s")
+    record("write", "pyarrow read of the Parquet (ceiling)", read, "Contrail Parquet -> TFRecord", ours, "rows/s")
+    if TFX_BSL_PYTHON:
+        out = subprocess.run(
+            [
+                TFX_BSL_PYTHON,
+                str(ROOT / "benchmarks" / "tfx_bsl_writer.py"),
+                str(source),
+                str(work / "write" / "tfx"),
+                str(repeat),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        tfx = float(out.stdout.strip().splitlines()[-1])
+        record("write", "Contrail Parquet -> TFRecord", ours, "tfx-bsl RecordBatchToExamples (C++)", tfx, "rows/s")
+
+
+def bench_input(work: Path, rows: int, repeat: int) -> None:
+    import tensorflow as tf
+
+    from contrail import model as model_lib
+
+    table = synthetic(rows)
+    files = _write_tfrecords(table, work / "input", shards=4)
+    schema = {
+        "features": [
+            {"name": f"x{i:02d}", "type": "float", "nullable": False, "mean": 0.0, "std": 1.0} for i in range(20)
+        ],
+        "label": {"column": "label", "task": "binary", "dtype": "int", "classes": [0, 1]},
+    }
+    batch = 1024
+    batches = rows // batch
+
+    def drain(ds) -> float:
+        start = time.perf_counter()
+        for _ in ds.take(batches):
+            pass
+        return batches * batch / (time.perf_counter() - start)
+
+    def contrail() -> float:
+        ds = model_lib.make_dataset(
+            files, schema, batch_size=batch, compression="none", training=True, records=rows, seed=1
+        )
+        return drain(ds)
+
+    def raw() -> float:
+        ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+            lambda f: tf.data.TFRecordDataset(f, buffer_size=1 << 20), cycle_length=2, num_parallel_calls=2
+        )
+        return drain(ds.batch(batch).prefetch(2))
+
+    spec = {f"x{i:02d}": tf.io.FixedLenFeature([], tf.float32) for i in range(20)}
+    spec["label"] = tf.io.FixedLenFeature([], tf.int64)
+
+    def per_example() -> float:
+        ds = tf.data.TFRecordDataset(files, num_parallel_reads=2)
+        ds = ds.map(lambda r: tf.io.parse_single_example(r, spec), num_parallel_calls=2).batch(batch).prefetch(2)
+        return drain(ds)
+
+    ours = statistics.median(contrail() for _ in range(repeat))
+    ceiling = statistics.median(raw() for _ in range(repeat))
+    single = statistics.median(per_example() for _ in range(repeat))
+    record("input", "Contrail input pipeline, batch 1024", ours, "raw interleaved read (ceiling)", ceiling, "ex/s")
+    record("input", "Contrail input pipeline, batch 1024", ours, "parse_single_example then batch", single, "ex/s")
+
+
 def bench_inference(work: Path, rows: int, repeat: int) -> None:
     import tensorflow as tf
 
@@ -347,8 +482,11 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="train,encode,inference,parse")
+    parser.add_argument("--only", default="train,encode,write,input,inference,parse")
+    parser.add_argument("--tfx-bsl-python", help="python of the tfx-bsl environment (make bench-tfx-bsl)")
     args = parser.parse_args()
+    global TFX_BSL_PYTHON
+    TFX_BSL_PYTHON = args.tfx_bsl_python
     sections = set(args.only.split(","))
     print(
         f"Contrail benchmarks on {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, "
@@ -358,6 +496,10 @@ def main() -> int:
         work = Path(tmp)
         if "encode" in sections:
             bench_encode(args.rows, args.repeat)
+        if "write" in sections:
+            bench_write(work, args.rows, args.repeat)
+        if "input" in sections:
+            bench_input(work, args.rows, args.repeat)
         if "train" in sections:
             bench_train(work, args.rows, args.repeat)
         if "inference" in sections:

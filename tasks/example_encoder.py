@@ -135,6 +135,8 @@ def _payload(kind: str, array: pa.Array) -> tuple[Block, np.ndarray]:
     """Each row's list payload, and which rows have a value."""
     n = len(array)
     present = np.asarray(pc.is_valid(array).to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_fixed_size_list(array.type):
+        return _list_payload(kind, array, present), present
     if kind == "float":
         values = np.asarray(pc.fill_null(array.cast(pa.float32()), 0.0).to_numpy(zero_copy_only=False), dtype="<f4")
         present &= ~np.isnan(values)
@@ -154,6 +156,23 @@ def _payload(kind: str, array: pa.Array) -> tuple[Block, np.ndarray]:
         valid = cols < lengths[:, None]
         data[valid] = raw[(offsets[:-1, None] + cols)[valid]]
     return Block(data, lengths), present
+
+
+def _list_payload(kind: str, array: pa.FixedSizeListArray, present: np.ndarray) -> Block:
+    """A fixed-length list per row (a packed FloatList or Int64List). A missing list, or a
+    missing item in one, is not representable in a fixed-length feature: the caller checks
+    nullability before encoding, so here they are an error."""
+    n, size = len(array), array.type.list_size
+    items = array.flatten()
+    if not present.all() or items.null_count:
+        raise ValueError(f"a fixed-length list column cannot hold missing values ({array.type})")
+    if kind == "float":
+        values = np.asarray(items.cast(pa.float32()).to_numpy(zero_copy_only=False), dtype="<f4")
+        return Block(values.view(np.uint8).reshape(n, 4 * size), np.full(n, 4 * size, dtype=np.int64))
+    if kind == "int":
+        values = np.asarray(items.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64).reshape(n, size)
+        return join([varint_block(values[:, j].view(np.uint64)) for j in range(size)]) if size else _const(n, b"")
+    raise ValueError(f"fixed-length lists of {kind} are not supported; use float or int")
 
 
 def encode_feature(name: str, kind: str, array: pa.Array) -> list[Block]:
@@ -190,7 +209,9 @@ def _varint(value: int) -> bytes:
 def encode_table(columns: Sequence[tuple[str, str, pa.Array]]) -> Encoded:
     """Serialized `tf.train.Example`s, one per row, from (name, kind, array) columns.
 
-    `kind` is "float" (float32 list), "int" (int64 list) or "bytes" (bytes list)."""
+    `kind` is "float" (float32 list), "int" (int64 list) or "bytes" (bytes list). A column is
+    either scalars (one value a row, absent where missing) or a `FixedSizeList` (`k` values
+    a row, none missing), as `tf.io.FixedLenFeature([k])` reads it."""
     n = len(columns[0][2])
     columns = [
         (name, kind, array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array)

@@ -27,7 +27,7 @@ from keras import ops
 
 from contrail.errors import TrainingError
 from contrail.spec import LoadedSpec, TrainSpec
-from contrail.tfrecord import INT_MISSING
+from contrail.tfrecord import INT_MISSING, PACKED_FEATURE
 
 _DTYPES = {"float": tf.float32, "int": tf.int64, "string": tf.string}
 
@@ -195,8 +195,14 @@ def make_dataset(
     shuffle_buffer: int = 10_000,
     seed: int | None = None,
     records: int | None = None,
+    packed: Sequence[str] = (),
 ) -> tf.data.Dataset:
     """Records → (raw features, target) batches, parsed a whole batch at a time.
+
+    `packed` names the features stored together as `PACKED_FEATURE` (the train files of a
+    spec with two or more non-nullable float features): parsing one list instead of k scalar
+    features is most of what `parse_example` costs. Eval files keep one feature per column,
+    the layout the serving signature reads.
 
     Training shuffles records when they fit in `shuffle_buffer`. Beyond that, per-record
     shuffling costs more than the model step (measured: 70k examples/s against 250k), so
@@ -204,6 +210,10 @@ def make_dataset(
     the rows in a seeded random order, so a batch is a random sample of the split.
     """
     parse = {**feature_parse_spec(schema), **label_parse_spec(schema)}
+    if packed:  # the train files hold these float features as one list: one lookup, not k
+        for name in packed:
+            del parse[name]
+        parse[PACKED_FEATURE] = tf.io.FixedLenFeature([len(packed)], tf.float32)
     label_column = schema["label"]["column"]
     encode_label = label_encoder(schema)
     compression_type = "GZIP" if compression == "gzip" else ""
@@ -228,6 +238,9 @@ def make_dataset(
 
     def to_pair(serialized):
         parsed = tf.io.parse_example(serialized, parse)
+        if packed:
+            dense = parsed.pop(PACKED_FEATURE)
+            parsed.update({name: dense[:, i] for i, name in enumerate(packed)})
         target = encode_label(parsed.pop(label_column))
         return parsed, target
 

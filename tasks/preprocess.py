@@ -83,20 +83,28 @@ def run(args: PreprocessArgs) -> dict:
     schema, stats = compute_schema_and_stats(table, train_idx, eval_idx, spec, loaded.spec.name)
     _check_oov(stats, spec, args.source)
 
-    encoded = example_encoder.encode_table(_encoded_columns(table, spec))
+    # Train records pack the non-nullable float features into one list (model.tfrecord.PACKED_FEATURE):
+    # training parses them several times faster. Eval records keep the serving layout.
+    packed = [n for n, f in spec.features.items() if f.type == "float" and not f.nullable]
+    packed = packed if len(packed) >= 2 else []
+    schema["train_packing"] = {"feature": tfrecord.PACKED_FEATURE, "columns": packed} if packed else None
+    encoded = {
+        "train": example_encoder.encode_table(_encoded_columns(table.take(train_idx), spec, packed)),
+        "eval": example_encoder.encode_table(_encoded_columns(table.take(eval_idx), spec, [])),
+    }
     written_so_far = Progress(log, "preprocess: writing TFRecords", len(train_idx) + len(eval_idx), unit="records")
     with artifacts.staged_dir(step_dir) as staging:
         shards = []
         for split, idx in (("train", train_idx), ("eval", eval_idx)):
             n_shards = max(1, math.ceil(len(idx) / spec.shard_rows))
             names = tfrecord.shard_names(split, n_shards, spec.compression)
-            shards += zip(names, np.array_split(idx, n_shards), strict=True)
+            parts = np.array_split(np.arange(len(idx)), n_shards)  # rows of the split's own encoding
+            shards += [(split, name, part) for name, part in zip(names, parts, strict=True)]
 
-        def write(shard: tuple[str, np.ndarray]) -> tuple[str, int]:
-            name, part = shard
-            framing.write(
-                staging / name, framing.frame(encoded.data, encoded.offsets, part), compression=spec.compression
-            )
+        def write(shard: tuple[str, str, np.ndarray]) -> tuple[str, int]:
+            split, name, part = shard
+            records = framing.frame(encoded[split].data, encoded[split].offsets, part)
+            framing.write(staging / name, records, compression=spec.compression)
             return name, len(part)
 
         # Shards are independent: framing (numpy) and gzip (zlib) release the GIL, so threads
@@ -285,10 +293,15 @@ def _check_oov(stats: dict, spec: DataSpec, source: str) -> None:
             )
 
 
-def _encoded_columns(table: pa.Table, spec: DataSpec) -> list[tuple[str, str, pa.ChunkedArray]]:
-    """(name, Example list kind, values) for every feature, the label and the key."""
+def _encoded_columns(table: pa.Table, spec: DataSpec, packed: list[str]) -> list[tuple[str, str, pa.Array]]:
+    """(name, Example list kind, values) for every feature, the label and the key; the
+    `packed` features as one fixed-length float list."""
     kinds = {"float": "float", "int": "int", "string": "bytes"}
-    columns = [(n, kinds[f.type], table.column(n)) for n, f in spec.features.items()]
+    columns = [(n, kinds[f.type], table.column(n)) for n, f in spec.features.items() if n not in packed]
+    if packed:
+        dense = np.stack([table.column(n).to_numpy().astype(np.float32) for n in packed], axis=1)
+        lists = pa.FixedSizeListArray.from_arrays(pa.array(dense.reshape(-1)), len(packed))
+        columns.append((tfrecord.PACKED_FEATURE, "float", lists))
     label = table.column(spec.label.column)
     if spec.label.task == "regression":
         label_kind = "float"

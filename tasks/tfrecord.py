@@ -17,6 +17,9 @@ import numpy as np
 from contrail.errors import CorruptRecordError
 
 INT_MISSING = np.iinfo(np.int64).min  # the int64 a missing int feature is read back as
+# The train split's non-nullable float features, packed into one fixed-length float list per
+# record (schema.json's `train_packing` lists the columns, in order). Eval records do not pack.
+PACKED_FEATURE = "contrail:dense_float"
 
 
 @dataclass(frozen=True)

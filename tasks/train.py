@@ -149,6 +149,7 @@ class _Trainer:
                 shuffle_buffer=train.shuffle_buffer,
                 seed=seed,
                 records=self.preprocess["train_records"],
+                packed=(schema.get("train_packing") or {}).get("columns", ()),
             )
 
         eval_ds = model_lib.make_dataset(

@@ -285,3 +285,30 @@ class TestCachingByContent:
             return sum(abs(v - 39.2) < 1e-4 for v in values)
 
         assert count_39_2(second) == count_39_2(first) + 1  # the new value was read, not a stale cache
+
+
+def test_train_records_pack_non_nullable_floats_and_eval_records_keep_the_serving_layout(write_spec, tmp_path):
+    table = penguins_table().drop_null()
+    directory = tmp_path / "dense"
+    directory.mkdir()
+    pq.write_table(table, directory / "part-0.parquet")
+    floats = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
+    spec = write_spec(
+        {
+            "data": {
+                "source": str(directory / "*.parquet"),
+                "features": {n: {"type": "float", "nullable": False} for n in floats},
+            }
+        }
+    )
+    result = _run(spec, str(directory / "*.parquet"), tmp_path / "pre")
+    schema = json.loads(Path(result["schema"]).read_text())
+    assert schema["train_packing"] == {"feature": "contrail:dense_float", "columns": floats}
+    by_id = {r: i for i, r in enumerate(table.column("row_id").to_pylist())}
+    for record in _records(result["train_files"][0])[:20]:
+        assert "bill_length_mm" not in record and "year" in record
+        row = by_id[record["row_id"].bytes_list.value[0].decode()]
+        want = [np.float32(table.column(n)[row].as_py()) for n in floats]
+        assert list(record["contrail:dense_float"].float_list.value) == want
+    for record in _records(result["eval_files"][0])[:5]:
+        assert "contrail:dense_float" not in record and set(floats) <= set(record)
