@@ -4,9 +4,11 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from airflow.sdk.execution_time.context import OutletEventAccessors
 
 from contrail import artifacts
 from contrail.errors import ContrailError, SpecError
+from contrail_airflow.assets import tfrecords_asset
 from contrail_airflow.operators import PreprocessOperator, TrainOperator, check_conf_keys, resolve_source
 
 
@@ -18,6 +20,7 @@ def _context(params: dict | None = None, conf: dict | None = None, run_id: str =
         "dag_run": SimpleNamespace(conf=conf or {}),
         "dag": SimpleNamespace(dag_id="penguins", params=dict.fromkeys(params)),
         "ti": SimpleNamespace(try_number=1),
+        "outlet_events": OutletEventAccessors(),  # what the task runner gives execute()
     }
 
 
@@ -71,6 +74,12 @@ def test_preprocess_operator_writes_artifacts_and_returns_paths_only(write_spec,
     run_dir = tmp_path / "artifacts" / "penguins" / "runs" / artifacts.run_key(context["run_id"])
     assert result["step_dir"] == str(run_dir / "preprocess")
     assert artifacts.read_manifest(run_dir / "preprocess")["result"] == result
+    event = context["outlet_events"][tfrecords_asset("penguins")]
+    assert event.extra == {
+        "run_id": context["run_id"],
+        "step_dir": result["step_dir"],
+        "fingerprint": result["fingerprint"],
+    }
     again = operator.execute(context)
     assert again["reused"] is True
     assert [e["reused"] for e in artifacts.read_events(run_dir)] == [False, True]
