@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -88,33 +87,22 @@ def run(args: PreprocessArgs) -> dict:
     packed = [n for n, f in spec.features.items() if f.type == "float" and not f.nullable]
     packed = packed if len(packed) >= 2 else []
     schema["train_packing"] = {"feature": tfrecord.PACKED_FEATURE, "columns": packed} if packed else None
-    encoded = {
-        "train": example_encoder.encode_table(_encoded_columns(table.take(train_idx), spec, packed)),
-        "eval": example_encoder.encode_table(_encoded_columns(table.take(eval_idx), spec, [])),
-    }
+    splits = {"train": (table.take(train_idx), packed), "eval": (table.take(eval_idx), [])}
     written_so_far = Progress(log, "preprocess: writing TFRecords", len(train_idx) + len(eval_idx), unit="records")
     with artifacts.staged_dir(step_dir) as staging:
-        shards = []
-        for split, idx in (("train", train_idx), ("eval", eval_idx)):
-            n_shards = max(1, math.ceil(len(idx) / spec.shard_rows))
+        jobs = []
+        for split, (rows, split_packed) in splits.items():
+            n_shards = max(1, math.ceil(rows.num_rows / spec.shard_rows))
             names = tfrecord.shard_names(split, n_shards, spec.compression)
-            parts = np.array_split(np.arange(len(idx)), n_shards)  # rows of the split's own encoding
-            shards += [(split, name, part) for name, part in zip(names, parts, strict=True)]
-
-        def write(shard: tuple[str, str, np.ndarray]) -> tuple[str, int]:
-            split, name, part = shard
-            records = framing.frame(encoded[split].data, encoded[split].offsets, part)
-            framing.write(staging / name, records, compression=spec.compression)
-            return name, len(part)
-
-        # Shards are independent: framing (numpy) and gzip (zlib) release the GIL, so threads
-        # use every core when there are several shards.
+            bounds = np.linspace(0, rows.num_rows, n_shards + 1).astype(int)
+            for name, lo, hi in zip(names, bounds[:-1], bounds[1:], strict=True):
+                columns = _encoded_columns(rows.slice(lo, hi - lo), spec, split_packed)
+                jobs.append((staging / name, partial(example_encoder.encode_table, columns)))
         outputs = {}
-        with ThreadPoolExecutor(max_workers=min(len(shards), os.cpu_count() or 1, 8)) as pool:
-            for name, written in pool.map(write, shards):
-                outputs[name] = written
-                log.info("Wrote %s: %d records", name, written)
-                written_so_far.advance(written)
+        for path, written in framing.write_shards(jobs, compression=spec.compression):
+            outputs[path.name] = written
+            log.info("Wrote %s: %d records", path.name, written)
+            written_so_far.advance(written)
         artifacts.write_json_atomic(staging / SCHEMA, schema)
         artifacts.write_json_atomic(staging / STATS, stats)
         entries = artifacts.describe_outputs(staging, [*outputs, SCHEMA, STATS], outputs)
