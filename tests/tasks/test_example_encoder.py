@@ -89,6 +89,22 @@ def test_same_features_as_the_protobuf_encoder(table):
     assert fast == [dict(tf.train.Example.FromString(r).features.feature) for r in reference]
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 5), st.data())
+def test_fixed_length_lists_round_trip(rows, size, data):
+    floats = data.draw(st.lists(st.floats(width=32, allow_nan=False), min_size=rows * size, max_size=rows * size))
+    ints = data.draw(st.lists(INT64, min_size=rows * size, max_size=rows * size))
+    columns = [
+        ("f", "float", pa.FixedSizeListArray.from_arrays(pa.array(floats, pa.float32()), size)),
+        ("i", "int", pa.FixedSizeListArray.from_arrays(pa.array(ints, pa.int64()), size)),
+    ]
+    records = _write_and_read(example_encoder.encode_table(columns), "none")
+    spec = {"f": tf.io.FixedLenFeature([size], tf.float32), "i": tf.io.FixedLenFeature([size], tf.int64)}
+    parsed = tf.io.parse_example(tf.constant(records, dtype=tf.string), spec)
+    np.testing.assert_array_equal(parsed["f"].numpy(), np.array(floats, np.float32).reshape(rows, size))
+    np.testing.assert_array_equal(parsed["i"].numpy(), np.array(ints, np.int64).reshape(rows, size))
+
+
 @pytest.mark.parametrize("compression", ["none", "gzip"])
 def test_fixed_width_records_in_any_order_are_valid_tfrecords(compression):
     rng = np.random.default_rng(0)
