@@ -3,23 +3,33 @@
 The split is a pure function of the row (its key, or its file and position) and the split
 seed, so it is the same on every run. Vocabularies and normalization statistics come from
 the train split only.
+
+The work is organized so that it can fan out: each input file is read, checked, split,
+summarized (partial statistics: counts, sums, vocabulary counters) and encoded on its own;
+a reduce merges the partials in file order and writes the shards. In one task (`run`) the
+files are simply all handled here; with `data.parallelism` N, Airflow maps `run_part` over N
+groups of files and `run(parts=...)` is the reduce. Both paths run the same per-file code and
+the same merge, in the same order, so their output is identical, byte for byte.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 
 from contrail import artifacts, cache, data, example_encoder, framing, tfrecord
 from contrail.errors import EmptyInputError, UnknownCategoryError
@@ -31,6 +41,8 @@ log = logging.getLogger(__name__)
 STEP = "preprocess"
 SCHEMA = "schema.json"
 STATS = "stats.json"
+PART_RECORDS = "records.arrow"
+PART_PARTIALS = "partials.json"
 
 
 @dataclass(frozen=True)
@@ -39,18 +51,109 @@ class PreprocessArgs:
     source: str  # the rendered data.source glob
     step_dir: str
     cache_dir: str | None = None  # `<pipeline>/cache`: reuse another run's output for the same content
+    parts: Sequence[str] | None = None  # fan-out: the folders `run_part` wrote, in file order
+
+
+@dataclass(frozen=True)
+class PartArgs:
+    spec_path: str
+    files: list[str]  # this part's files, in source order
+    part_dir: str
+    fingerprint: str = ""  # the whole step's, from `plan`: a part is reused only for the same inputs
+
+
+@dataclass
+class _Part:
+    """What one group of files contributes: partials per file, encoded records, row counts."""
+
+    partials: list[dict] = field(default_factory=list)
+    train: list[pa.Array] = field(default_factory=list)  # serialized train records, per file
+    eval: list[pa.Array] = field(default_factory=list)
+
+
+def _inputs_and_fingerprint(args: PreprocessArgs, loaded) -> tuple[list[Path], dict, str]:
+    spec = loaded.spec.data
+    files = data.resolve_files(args.source, field=f"{loaded.path.name}: data.source")
+    inputs = cache.content_fingerprints(files, Path(args.cache_dir) if args.cache_dir else None)
+    fp = artifacts.fingerprint({"step": STEP, "data": spec.model_dump(), "inputs": inputs})
+    return files, inputs, fp
+
+
+def plan(args: PreprocessArgs, parallelism: int) -> list[dict]:
+    """The fan-out's groups of files (`PartArgs` fields), or none when the step's output is
+    already complete (this run's, or another run's with the same content)."""
+    loaded = load_spec(args.spec_path)
+    files, _, fp = _inputs_and_fingerprint(args, loaded)
+    step_dir = Path(args.step_dir)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    if artifacts.reusable_result(step_dir, fp) is not None or cache.lookup(cache_dir, STEP, fp) not in (None, step_dir):
+        log.info("Preprocess output for fingerprint %s exists; nothing to fan out", fp[:12])
+        return []
+    groups = [g for g in np.array_split(np.arange(len(files)), min(parallelism, len(files))) if len(g)]
+    parts_dir = step_dir.parent / f"{STEP}-parts"
+    return [
+        {
+            "spec_path": args.spec_path,
+            "files": [str(files[i]) for i in group],
+            "part_dir": str(parts_dir / f"part-{k:05d}-of-{len(groups):05d}"),
+            "fingerprint": fp,
+        }
+        for k, group in enumerate(groups)
+    ]
+
+
+def run_part(args: PartArgs) -> dict:
+    """Read, check, split, summarize and encode one group of files into `part_dir`."""
+    started = time.time()
+    loaded = load_spec(args.spec_path)
+    part_dir = Path(args.part_dir)
+    fp = artifacts.fingerprint({"step": f"{STEP}-part", "step_fingerprint": args.fingerprint, "files": args.files})
+    reused = artifacts.reusable_result(part_dir, fp)
+    if reused is not None:
+        return reused
+    part = _process_files([Path(f) for f in args.files], loaded.spec.data)
+    with artifacts.staged_dir(part_dir) as staging:
+        train, evals = _concat(part.train), _concat(part.eval)
+        table = pa.table(
+            {
+                "split": pa.array(["train"] * len(train) + ["eval"] * len(evals)).dictionary_encode(),
+                "record": pa.concat_arrays([train, evals]),
+            }
+        )
+        with ipc.new_file(staging / PART_RECORDS, table.schema) as writer:
+            writer.write_table(table)
+        artifacts.write_json_atomic(staging / PART_PARTIALS, part.partials)
+        result = {
+            "part_dir": str(part_dir),
+            "files": args.files,
+            "train": len(train),
+            "eval": len(evals),
+            "reused": False,
+        }
+        artifacts.write_manifest(
+            staging,
+            step=f"{STEP}-part",
+            fingerprint_=fp,
+            inputs={"files": args.files},
+            outputs=artifacts.describe_outputs(staging, [PART_RECORDS, PART_PARTIALS]),
+            result=result,
+            started=started,
+        )
+    log.info("Part %s: %d files, %d train and %d eval records", part_dir.name, len(args.files), len(train), len(evals))
+    return result
 
 
 def run(args: PreprocessArgs) -> dict:
-    """Convert the source data; return the XCom result (paths and counts, never data)."""
+    """Convert the source data; return the XCom result (paths and counts, never data).
+
+    With `parts` (the fan-out's reduce), the records and partial statistics come from the
+    folders `run_part` wrote; otherwise every file is processed here."""
     started = time.time()
     loaded = load_spec(args.spec_path)
     spec = loaded.spec.data
     step_dir = Path(args.step_dir)
-    files = data.resolve_files(args.source, field=f"{loaded.path.name}: data.source")
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
-    inputs = cache.content_fingerprints(files, cache_dir)
-    fp = artifacts.fingerprint({"step": STEP, "data": spec.model_dump(), "inputs": inputs})
+    files, inputs, fp = _inputs_and_fingerprint(args, loaded)
     reused = artifacts.reusable_result(step_dir, fp)
     if reused is not None:
         log.info("Preprocess output for %s is complete and current; reusing %s", loaded.spec.name, step_dir)
@@ -59,50 +162,31 @@ def run(args: PreprocessArgs) -> dict:
     if source is not None and source != step_dir:
         return _from_cache(source, step_dir, fp, inputs, started)
 
-    columns = data.required_columns(spec.features, spec.label, spec.key)
-    read_so_far = Progress(log, "preprocess: reading", sum(f.stat().st_size for f in files), unit="bytes")
-    tables, origins = [], []
-    # Several files are read and checked side by side (pyarrow releases the GIL); within a
-    # file, pyarrow decodes row groups and columns on its own threads.
-    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1, 4))) as pool:
-        read = pool.map(lambda path: (path, data.read_table(path, spec.format, columns)), files)
-        for i, (path, table) in enumerate(read):
-            log.info("Read %d rows from %s (%d/%d files)", table.num_rows, path, i + 1, len(files))
-            tables.append(table)
-            origins.append((path, table.num_rows))
-            read_so_far.advance(path.stat().st_size)
-    table = pa.concat_tables(tables) if tables else None
-    if table is None or table.num_rows == 0:
+    part = _load_parts(args.parts, files) if args.parts else _process_files(files, spec)
+    train_records, eval_records = _concat(part.train), _concat(part.eval)
+    rows = sum(p["rows"] for p in part.partials)
+    if rows == 0:
         raise EmptyInputError(f"{args.source}: expected at least one data row, found 0 rows in {len(files)} file(s)")
-
-    is_eval = split_mask(table, origins, spec)
-    # Rows are written in a seeded random order, so training can shuffle whole batches.
-    rng = np.random.default_rng(spec.split.seed)
-    train_idx, eval_idx = rng.permutation(np.flatnonzero(~is_eval)), np.flatnonzero(is_eval)
-    if len(train_idx) == 0 or len(eval_idx) == 0:
+    if len(train_records) == 0 or len(eval_records) == 0:
         raise EmptyInputError(
             f"{args.source}: expected rows in both splits (eval_fraction={spec.split.eval_fraction}), "
-            f"found {len(train_idx)} train and {len(eval_idx)} eval rows out of {table.num_rows}"
+            f"found {len(train_records)} train and {len(eval_records)} eval rows out of {rows}"
         )
-    schema, stats = compute_schema_and_stats(table, train_idx, eval_idx, spec, loaded.spec.name)
+    schema, stats = merge_partials(part.partials, spec, loaded.spec.name)
     _check_oov(stats, spec, args.source)
-
-    # Train records pack the non-nullable float features into one list (model.tfrecord.PACKED_FEATURE):
-    # training parses them several times faster. Eval records keep the serving layout.
-    packed = [n for n, f in spec.features.items() if f.type == "float" and not f.nullable]
-    packed = packed if len(packed) >= 2 else []
-    schema["train_packing"] = {"feature": tfrecord.PACKED_FEATURE, "columns": packed} if packed else None
-    splits = {"train": (table.take(train_idx), packed), "eval": (table.take(eval_idx), [])}
-    written_so_far = Progress(log, "preprocess: writing TFRecords", len(train_idx) + len(eval_idx), unit="records")
+    schema["train_packing"] = {"feature": tfrecord.PACKED_FEATURE, "columns": _packed(spec)} if _packed(spec) else None
+    # Train records are written in a seeded random order, so training can shuffle whole batches.
+    order = np.random.default_rng(spec.split.seed).permutation(len(train_records))
+    splits = {"train": train_records.take(pa.array(order)), "eval": eval_records}
+    written_so_far = Progress(log, "preprocess: writing TFRecords", rows, unit="records")
     with artifacts.staged_dir(step_dir) as staging:
         jobs = []
-        for split, (rows, split_packed) in splits.items():
-            n_shards = max(1, math.ceil(rows.num_rows / spec.shard_rows))
+        for split, records in splits.items():
+            n_shards = max(1, math.ceil(len(records) / spec.shard_rows))
             names = tfrecord.shard_names(split, n_shards, spec.compression)
-            bounds = np.linspace(0, rows.num_rows, n_shards + 1).astype(int)
+            bounds = np.linspace(0, len(records), n_shards + 1).astype(int)
             for name, lo, hi in zip(names, bounds[:-1], bounds[1:], strict=True):
-                columns = _encoded_columns(rows.slice(lo, hi - lo), spec, split_packed)
-                jobs.append((staging / name, partial(example_encoder.encode_table, columns)))
+                jobs.append((staging / name, _as_encoded(records.slice(lo, hi - lo))))
         outputs = {}
         for path, written in framing.write_shards(jobs, compression=spec.compression):
             outputs[path.name] = written
@@ -117,25 +201,99 @@ def run(args: PreprocessArgs) -> dict:
             "stats": str(step_dir / STATS),
             "train_files": [str(step_dir / n) for n in outputs if n.startswith("train-")],
             "eval_files": [str(step_dir / n) for n in outputs if n.startswith("eval-")],
-            "train_records": int(len(train_idx)),
-            "eval_records": int(len(eval_idx)),
-            "input_rows": int(table.num_rows),
+            "train_records": len(train_records),
+            "eval_records": len(eval_records),
+            "input_rows": rows,
             "compression": spec.compression,
             "fingerprint": fp,
             "reused": False,
         }
+        if args.parts:
+            result["parts"] = len(args.parts)
         artifacts.write_manifest(
             staging, step=STEP, fingerprint_=fp, inputs=inputs, outputs=entries, result=result, started=started
         )
     cache.record(cache_dir, STEP, fp, step_dir)
     log.info(
         "Preprocessed %d rows into %d train and %d eval records in %.1fs",
-        table.num_rows,
-        len(train_idx),
-        len(eval_idx),
+        rows,
+        len(train_records),
+        len(eval_records),
         time.time() - started,
     )
     return result
+
+
+# -- per file --------------------------------------------------------------------------------
+def _process_files(files: list[Path], spec: DataSpec) -> _Part:
+    """Read and check each file (several side by side: pyarrow releases the GIL, and decodes a
+    file's row groups and columns on its own threads), then split, summarize and encode it."""
+    columns = data.required_columns(spec.features, spec.label, spec.key)
+    progress = Progress(log, "preprocess: reading", sum(f.stat().st_size for f in files), unit="bytes")
+    part = _Part()
+    packed = _packed(spec)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1, 4))) as pool:
+        read = pool.map(lambda path: (path, data.read_table(path, spec.format, columns)), files)
+        for i, (path, table) in enumerate(read):
+            log.info("Read %d rows from %s (%d/%d files)", table.num_rows, path, i + 1, len(files))
+            is_eval = split_mask(table, [(path, table.num_rows)], spec)
+            part.partials.append(file_partials(table, is_eval, spec))
+            train, evals = table.filter(pa.array(~is_eval)), table.filter(pa.array(is_eval))
+            part.train.append(_serialize(example_encoder.encode_table(_encoded_columns(train, spec, packed))))
+            part.eval.append(_serialize(example_encoder.encode_table(_encoded_columns(evals, spec, []))))
+            progress.advance(path.stat().st_size)
+    return part
+
+
+def _load_parts(part_dirs: Sequence[str], files: list[Path]) -> _Part:
+    part = _Part()
+    covered: list[str] = []
+    for part_dir in part_dirs:
+        manifest = artifacts.read_manifest(Path(part_dir))
+        if manifest is None:
+            raise EmptyInputError(f"{part_dir}: expected a committed preprocess part, found none")
+        covered += manifest["result"]["files"]
+        part.partials += json.loads((Path(part_dir) / PART_PARTIALS).read_text())
+        with ipc.open_file(Path(part_dir) / PART_RECORDS) as reader:
+            table = reader.read_all()
+        split = table.column("split").combine_chunks().dictionary_decode()
+        record = table.column("record").combine_chunks()
+        part.train.append(record.filter(pc.equal(split, "train")))
+        part.eval.append(record.filter(pc.equal(split, "eval")))
+    if covered != [str(f) for f in files]:
+        raise EmptyInputError(
+            f"preprocess parts: expected the files {[str(f) for f in files]} in order, found {covered}"
+        )
+    return part
+
+
+def _serialize(encoded: example_encoder.Encoded) -> pa.Array:
+    """Encoded records as one Arrow binary array (zero-copy over the encoder's buffers)."""
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(encoded), [None, pa.py_buffer(encoded.offsets), pa.py_buffer(encoded.data)]
+    )
+
+
+def _as_encoded(records: pa.Array) -> example_encoder.Encoded:
+    records = records.cast(pa.large_binary())
+    if records.offset or records.null_count:
+        records = pa.concat_arrays([records])  # a compact copy, offsets from zero
+    offsets = np.frombuffer(records.buffers()[1], dtype=np.int64)[: len(records) + 1]
+    data_buffer = records.buffers()[2]
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
+    start = int(offsets[0])
+    return example_encoder.Encoded(data[start : int(offsets[-1])], offsets - start)
+
+
+def _concat(arrays: list[pa.Array]) -> pa.Array:
+    arrays = [a.cast(pa.large_binary()) for a in arrays]
+    return pa.concat_arrays(arrays) if arrays else pa.array([], pa.large_binary())
+
+
+def _packed(spec: DataSpec) -> list[str]:
+    """The float features train records pack into one list (two or more non-nullable ones)."""
+    names = [n for n, f in spec.features.items() if f.type == "float" and not f.nullable]
+    return names if len(names) >= 2 else []
 
 
 def _from_cache(source: Path, step_dir: Path, fp: str, inputs: dict, started: float) -> dict:
@@ -178,49 +336,115 @@ def split_mask(table: pa.Table, origins: list[tuple[Path, int]], spec: DataSpec)
     )
 
 
-def compute_schema_and_stats(
-    table: pa.Table, train_idx: np.ndarray, eval_idx: np.ndarray, spec: DataSpec, pipeline: str
-) -> tuple[dict, dict]:
-    """The schema the model is built from, and the statistics a person reads."""
-    features, feature_stats = [], {}
-    train_take, eval_take = pa.array(train_idx), pa.array(eval_idx)
+def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
+    """One file's contribution to the statistics, JSON-able: counts, sums for the train
+    split's mean and variance (Chan's pairwise form), extremes, and value counters."""
+    train_mask, eval_mask = pa.array(~is_eval), pa.array(is_eval)
+    out: dict = {"rows": table.num_rows, "train": int((~is_eval).sum()), "eval": int(is_eval.sum()), "features": {}}
     for name, fspec in spec.features.items():
         column = table.column(name)
-        train, evals = column.take(train_take), column.take(eval_take)
-        entry = {"name": name, "type": fspec.type, "nullable": fspec.nullable}
-        stat = {"type": fspec.type, "count": len(column), "train_count": len(train), "eval_count": len(evals)}
+        train, evals = column.filter(train_mask), column.filter(eval_mask)
         if fspec.type == "string":
-            counts = Counter(v for v in train.to_pylist() if v not in (None, ""))
-            vocab = [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][: fspec.max_vocab_size]
-            known = set(vocab)
-            eval_values = [v for v in evals.to_pylist() if v not in (None, "")]
-            oov = sum(v not in known for v in eval_values)
-            entry["vocabulary"] = vocab
-            stat.update(
-                missing=int(column.null_count),
-                vocabulary_size=len(vocab),
-                top_values=[[v, counts[v]] for v in vocab[:10]],
-                eval_oov_count=oov,
-                eval_oov_fraction=round(oov / len(eval_values), 6) if eval_values else 0.0,
-            )
+            out["features"][name] = {
+                "nulls": int(column.null_count),
+                "train_counts": dict(Counter(v for v in train.to_pylist() if v not in (None, ""))),
+                "eval_counts": dict(Counter(v for v in evals.to_pylist() if v not in (None, ""))),
+            }
         else:
             values = data.float_values(train)
             finite = values[np.isfinite(values)]
-            mean = float(finite.mean()) if finite.size else 0.0
-            std = float(finite.std()) if finite.size else 1.0
-            entry.update(mean=mean, std=std if std > 1e-12 else 1.0)
-            all_values = data.float_values(column)
+            out["features"][name] = {
+                "missing": int(np.isnan(data.float_values(column)).sum()),
+                **_moments(finite),
+            }
+    label = table.column(spec.label.column)
+    if spec.label.task == "regression":
+        train_values = data.float_values(label.filter(train_mask))
+        all_values = data.float_values(label)
+        out["label"] = {"train": _moments(train_values), "all": _moments(all_values)}
+    else:
+        values = label.to_pylist()
+        out["label"] = {
+            "classes": sorted(set(values)),
+            "train_counts": dict(Counter(str(v) for v, e in zip(values, is_eval, strict=True) if not e)),
+            "eval_counts": dict(Counter(str(v) for v, e in zip(values, is_eval, strict=True) if e)),
+        }
+    return out
+
+
+def _moments(values: np.ndarray) -> dict:
+    if values.size == 0:
+        return {"n": 0, "mean": 0.0, "m2": 0.0, "min": None, "max": None}
+    mean = float(values.mean())
+    return {
+        "n": int(values.size),
+        "mean": mean,
+        "m2": float(((values - mean) ** 2).sum()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+    }
+
+
+def _merge_moments(parts: list[dict]) -> dict:
+    """Chan et al.'s pairwise update, applied in file order (so the result is the same
+    whichever task computed each part)."""
+    total = {"n": 0, "mean": 0.0, "m2": 0.0, "min": None, "max": None}
+    for part in parts:
+        if not part["n"]:
+            continue
+        n = total["n"] + part["n"]
+        delta = part["mean"] - total["mean"]
+        total["mean"] += delta * part["n"] / n
+        total["m2"] += part["m2"] + delta * delta * total["n"] * part["n"] / n
+        total["n"] = n
+        total["min"] = part["min"] if total["min"] is None else min(total["min"], part["min"])
+        total["max"] = part["max"] if total["max"] is None else max(total["max"], part["max"])
+    return total
+
+
+def _merge_counts(counters: list[dict]) -> Counter:
+    merged: Counter = Counter()
+    for counter in counters:
+        merged.update(counter)
+    return merged
+
+
+def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple[dict, dict]:
+    """The schema the model is built from, and the statistics a person reads, from the
+    per-file partials in file order."""
+    rows = sum(p["rows"] for p in partials)
+    train_rows, eval_rows = sum(p["train"] for p in partials), sum(p["eval"] for p in partials)
+    features, feature_stats = [], {}
+    for name, fspec in spec.features.items():
+        parts = [p["features"][name] for p in partials]
+        entry = {"name": name, "type": fspec.type, "nullable": fspec.nullable}
+        stat = {"type": fspec.type, "count": rows, "train_count": train_rows, "eval_count": eval_rows}
+        if fspec.type == "string":
+            counts = _merge_counts([p["train_counts"] for p in parts])
+            vocab = [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][: fspec.max_vocab_size]
+            known = set(vocab)
+            eval_counts = _merge_counts([p["eval_counts"] for p in parts])
+            eval_total = sum(eval_counts.values())
+            oov = sum(c for v, c in eval_counts.items() if v not in known)
+            entry["vocabulary"] = vocab
             stat.update(
-                missing=int(np.isnan(all_values).sum()),
-                min=float(finite.min()) if finite.size else None,
-                max=float(finite.max()) if finite.size else None,
-                mean=mean,
-                std=std,
+                missing=sum(p["nulls"] for p in parts),
+                vocabulary_size=len(vocab),
+                top_values=[[v, counts[v]] for v in vocab[:10]],
+                eval_oov_count=oov,
+                eval_oov_fraction=round(oov / eval_total, 6) if eval_total else 0.0,
+            )
+        else:
+            moments = _merge_moments(parts)
+            mean = moments["mean"] if moments["n"] else 0.0
+            std = math.sqrt(moments["m2"] / moments["n"]) if moments["n"] else 1.0
+            entry.update(mean=mean, std=std if std > 1e-12 else 1.0)
+            stat.update(
+                missing=sum(p["missing"] for p in parts), min=moments["min"], max=moments["max"], mean=mean, std=std
             )
         features.append(entry)
         feature_stats[name] = stat
-
-    label = _label_schema(table, train_idx, spec)
+    label, label_stats = _merge_label([p["label"] for p in partials], spec)
     schema = {
         "pipeline": pipeline,
         "features": features,
@@ -229,30 +453,25 @@ def compute_schema_and_stats(
         "compression": spec.compression,
     }
     stats = {
-        "rows": table.num_rows,
-        "train_rows": int(len(train_idx)),
-        "eval_rows": int(len(eval_idx)),
-        "split": asdict_split(spec),
+        "rows": rows,
+        "train_rows": train_rows,
+        "eval_rows": eval_rows,
+        "split": {"eval_fraction": spec.split.eval_fraction, "seed": spec.split.seed, "by": spec.key or "file_and_row"},
         "features": feature_stats,
-        "label": _label_stats(table, train_idx, eval_idx, spec, label),
+        "label": label_stats,
     }
     return schema, stats
 
 
-def asdict_split(spec: DataSpec) -> dict:
-    return {"eval_fraction": spec.split.eval_fraction, "seed": spec.split.seed, "by": spec.key or "file_and_row"}
-
-
-def _label_schema(table: pa.Table, train_idx: np.ndarray, spec: DataSpec) -> dict:
-    column = table.column(spec.label.column)
+def _merge_label(parts: list[dict], spec: DataSpec) -> tuple[dict, dict]:
     label = {"column": spec.label.column, "task": spec.label.task}
     if spec.label.task == "regression":
-        values = data.float_values(column.take(pa.array(train_idx)))
-        std = float(values.std())
-        label.update(dtype="float", mean=float(values.mean()), std=std if std > 1e-12 else 1.0)
-        return label
-    classes = sorted(set(column.to_pylist()))
-    label.update(dtype="string" if pa.types.is_string(column.type) else "int", classes=classes)
+        train, every = _merge_moments([p["train"] for p in parts]), _merge_moments([p["all"] for p in parts])
+        std = math.sqrt(train["m2"] / train["n"]) if train["n"] else 1.0
+        label.update(dtype="float", mean=train["mean"], std=std if std > 1e-12 else 1.0)
+        return label, {"min": every["min"], "max": every["max"], "mean": every["mean"]}
+    classes = sorted({c for p in parts for c in p["classes"]})
+    label.update(dtype="string" if classes and isinstance(classes[0], str) else "int", classes=classes)
     if spec.label.task == "binary" and len(classes) != 2:
         raise EmptyInputError(
             f"Label {spec.label.column!r}: expected exactly 2 classes for a binary task, "
@@ -260,20 +479,12 @@ def _label_schema(table: pa.Table, train_idx: np.ndarray, spec: DataSpec) -> dic
         )
     if len(classes) < 2:
         raise EmptyInputError(f"Label {spec.label.column!r}: expected at least 2 classes, found {classes}")
-    return label
-
-
-def _label_stats(table, train_idx, eval_idx, spec: DataSpec, label: dict) -> dict:
-    column = table.column(spec.label.column)
-    if spec.label.task == "regression":
-        values = data.float_values(column)
-        return {"min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
-    values = column.to_pylist()
-    return {
-        "train_class_counts": dict(Counter(str(values[i]) for i in train_idx)),
-        "eval_class_counts": dict(Counter(str(values[i]) for i in eval_idx)),
-        "classes": label["classes"],
+    stats = {
+        "train_class_counts": dict(_merge_counts([p["train_counts"] for p in parts])),
+        "eval_class_counts": dict(_merge_counts([p["eval_counts"] for p in parts])),
+        "classes": classes,
     }
+    return label, stats
 
 
 def _check_oov(stats: dict, spec: DataSpec, source: str) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -312,3 +313,29 @@ def test_train_records_pack_non_nullable_floats_and_eval_records_keep_the_servin
         assert list(record["contrail:dense_float"].float_list.value) == want
     for record in _records(result["eval_files"][0])[:5]:
         assert "contrail:dense_float" not in record and set(floats) <= set(record)
+
+
+@pytest.mark.parametrize("key", ["row_id", None])
+def test_fan_out_over_file_groups_gives_the_single_task_result_byte_for_byte(write_spec, tmp_path, key):
+    table = penguins_table()
+    directory = tmp_path / "files"
+    directory.mkdir()
+    for i, lo in enumerate(range(0, table.num_rows, 70)):
+        pq.write_table(table.slice(lo, 70), directory / f"part-{i}.parquet")
+    source = str(directory / "*.parquet")
+    spec = write_spec({"data": {"source": source, "key": key, "shard_rows": 100}})
+    single = _run(spec, source, tmp_path / "single" / "preprocess")
+
+    args = preprocess.PreprocessArgs(str(spec), source, str(tmp_path / "fan" / "preprocess"))
+    groups = preprocess.plan(args, 3)
+    assert [len(g["files"]) for g in groups] == [2, 2, 1]
+    parts = [preprocess.run_part(preprocess.PartArgs(**group))["part_dir"] for group in groups]
+    fanned = preprocess.run(dataclasses.replace(args, parts=parts))
+    assert fanned["parts"] == 3 and fanned["fingerprint"] == single["fingerprint"]
+    single_dir, fan_dir = Path(single["step_dir"]), Path(fanned["step_dir"])
+    names = sorted(p.name for p in single_dir.iterdir() if p.name != "manifest.json")
+    assert names == sorted(p.name for p in fan_dir.iterdir() if p.name != "manifest.json")
+    assert len([n for n in names if n.startswith("train-")]) > 1  # several shards, so order matters
+    for name in names:
+        assert (single_dir / name).read_bytes() == (fan_dir / name).read_bytes(), name
+    assert preprocess.plan(args, 3) == []  # done: a retry of the DAG run has nothing to fan out
