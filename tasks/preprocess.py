@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -214,6 +215,8 @@ def run(args: PreprocessArgs) -> dict:
             staging, step=STEP, fingerprint_=fp, inputs=inputs, outputs=entries, result=result, started=started
         )
     cache.record(cache_dir, STEP, fp, step_dir)
+    for part_dir in args.parts or ():  # intermediate: the committed shards supersede them
+        shutil.rmtree(part_dir, ignore_errors=True)
     log.info(
         "Preprocessed %d rows into %d train and %d eval records in %.1fs",
         rows,

@@ -66,6 +66,9 @@ class DataSpec(_Strict):
     compression: Literal["gzip", "none"] = "gzip"
     # Share of eval values outside the train vocabulary that is still accepted, per feature.
     max_oov_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    # > 1: preprocess maps over this many groups of input files (Airflow dynamic task mapping),
+    # then a reduce merges their statistics and writes the shards: the same bytes as one task.
+    parallelism: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _columns_are_distinct(self) -> DataSpec:

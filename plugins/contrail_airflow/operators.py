@@ -77,26 +77,39 @@ class PreprocessOperator(_ContrailOperator):
     :param spec_path: path of the pipeline spec (templated)
     :param source: the data glob; `{{ ds }}` and the other Airflow macros work (templated).
         A `data_source` trigger param replaces it, and must stay under the data folder.
+    :param parts: with `data.parallelism` > 1, the mapped parts' XComs (templated): this task
+        is then the reduce that merges them
 
     XCom: the TFRecord paths, record counts, schema and stats paths, and the fingerprint.
     """
 
-    template_fields = ("spec_path", "source")
+    template_fields = ("spec_path", "source", "parts")
 
-    def __init__(self, *, source: str, **kwargs: Any) -> None:
+    def __init__(self, *, source: str, parts: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.source = source
+        self.parts = parts
 
-    def execute(self, context: Context) -> dict:
+    def args(self, context: Context):
         from contrail import preprocess
 
-        started = time.time()
         check_conf_keys(context)
         source = resolve_source(self, context, self.source)
         self.log.info("Preprocessing %s from %s", self.pipeline, source)
-        args = preprocess.PreprocessArgs(
+        return preprocess.PreprocessArgs(
             self.spec_path, source, self.step_dir(context, preprocess.STEP), cache_dir=str(self.paths().base / "cache")
         )
+
+    def execute(self, context: Context) -> dict:
+        import dataclasses
+
+        from contrail import preprocess
+
+        started = time.time()
+        args = self.args(context)
+        if self.parts is not None:
+            parts = [p["part_dir"] for p in (self.parts or []) if p]  # none: the plan found the work done
+            args = dataclasses.replace(args, parts=parts or None)
         result = preprocess.run(args)
         # The TFRecords asset's event (emitted on success) says which files this run published.
         context["outlet_events"][tfrecords_asset(self.pipeline)].extra = {
@@ -105,6 +118,44 @@ class PreprocessOperator(_ContrailOperator):
             "fingerprint": result["fingerprint"],
         }
         return self.record(context, preprocess.STEP, result, started)
+
+
+class PreprocessPlanOperator(PreprocessOperator):
+    """Fan-out, first task: the groups of input files to map `PreprocessPartOperator` over.
+
+    XCom: a list with one `PartArgs` mapping per group; empty when the output already exists.
+    """
+
+    def __init__(self, *, parallelism: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.parallelism = parallelism
+
+    def execute(self, context: Context) -> list[dict]:
+        from contrail import preprocess
+
+        groups = preprocess.plan(self.args(context), self.parallelism)
+        self.log.info("Fanning out over %d group(s) of files", len(groups))
+        return groups
+
+
+class PreprocessPartOperator(_ContrailOperator):
+    """Fan-out, mapped: read, check, split, summarize and encode one group of files.
+
+    :param group: one item of the plan's XCom (the mapped argument)
+
+    XCom: the part's folder, its files and record counts.
+    """
+
+    template_fields = ("spec_path", "group")
+
+    def __init__(self, *, group: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.group = group
+
+    def execute(self, context: Context) -> dict:
+        from contrail import preprocess
+
+        return preprocess.run_part(preprocess.PartArgs(**_require_dict(self.group, "preprocess_plan")))
 
 
 class TrainOperator(_ContrailOperator):

@@ -106,3 +106,17 @@ def test_twenty_specs_parse_without_tensorflow(tmp_path):
     report = parse(dags, tmp_path)
     assert report["import_errors"] == {} and len(report["dags"]) == 20
     assert not report["tensorflow_imported"] and not report["keras_imported"] and not report["pyarrow_imported"]
+
+
+def test_data_parallelism_fans_preprocess_out_and_reduces(tmp_path):
+    dags = tmp_path / "dags"
+    shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    spec = yaml.safe_load((dags / "pipelines" / "penguins.yaml").read_text())
+    spec["data"]["parallelism"] = 4
+    (dags / "pipelines" / "penguins.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    report = parse(dags, tmp_path)
+    assert report["import_errors"] == {}
+    tasks = report["dags"]["penguins"]["tasks"]
+    assert tasks["preprocess_plan"] == ["preprocess_part"]
+    assert tasks["preprocess_part"] == ["preprocess"]
+    assert {k: v for k, v in tasks.items() if not k.startswith("preprocess_")} == EXPECTED_GRAPH

@@ -48,7 +48,8 @@ def _specs(home: Path) -> Path:
     base = yaml.safe_load((ROOT / "dags" / "pipelines" / "penguins.yaml").read_text())
     base["inference"].update(source="{{ data_dir }}/score/*.parquet", parallelism=PARTS)
     variants = {
-        "fanout": {},
+        # preprocess mapped over the two penguins files, then reduced
+        "fanout": {"data": {**base["data"], "parallelism": 2}},
         # train goes to the `training` queue, which only worker-b consumes (a GPU worker's role)
         "routed": {"queues": {"train": "training"}},
         # many short evaluation rounds, so that a kill lands mid-training
@@ -131,16 +132,22 @@ def _tries(cluster, dag_id, run_id, task_id) -> list[dict]:
     return cluster.task_tries(dag_id, run_id, task_id)
 
 
-def _mapped(cluster, dag_id, run_id) -> list[dict]:
+def _mapped(cluster, dag_id, run_id, task_id="batch_inference") -> list[dict]:
     body = cluster.api(
-        "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"task_id": "batch_inference", "limit": 100}
+        "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"task_id": task_id, "limit": 100}
     ).json()
-    return [ti for ti in body["task_instances"] if ti["task_id"] == "batch_inference"]
+    return [ti for ti in body["task_instances"] if ti["task_id"] == task_id]
 
 
 def test_mapped_tasks_run_on_both_workers(cluster):
     cluster.trigger("fanout", "fanout-1", conf={"max_steps": 200})
     assert cluster.wait_for_run("fanout", "fanout-1", timeout=600) == "success"
+    parts = _mapped(cluster, "fanout", "fanout-1", "preprocess_part")
+    assert sorted(ti["map_index"] for ti in parts) == [0, 1] and {ti["state"] for ti in parts} == {"success"}
+    reduced = artifacts.read_manifest(
+        cluster.shared / "artifacts" / "fanout" / "runs" / artifacts.run_key("fanout-1") / "preprocess"
+    )
+    assert reduced["result"]["parts"] == 2 and reduced["result"]["input_rows"] == 344
     mapped = _mapped(cluster, "fanout", "fanout-1")
     assert sorted(ti["map_index"] for ti in mapped) == list(range(PARTS))
     assert {ti["hostname"] for ti in mapped} == set(WORKERS), [(ti["map_index"], ti["hostname"]) for ti in mapped]

@@ -339,3 +339,4 @@ def test_fan_out_over_file_groups_gives_the_single_task_result_byte_for_byte(wri
     for name in names:
         assert (single_dir / name).read_bytes() == (fan_dir / name).read_bytes(), name
     assert preprocess.plan(args, 3) == []  # done: a retry of the DAG run has nothing to fan out
+    assert not any(Path(p).exists() for p in parts)  # the reduce removed the intermediate parts
