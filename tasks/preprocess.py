@@ -14,7 +14,6 @@ the same merge, in the same order, so their output is identical, byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -325,18 +324,51 @@ def _from_cache(source: Path, step_dir: Path, fp: str, inputs: dict, started: fl
 
 
 def split_mask(table: pa.Table, origins: list[tuple[Path, int]], spec: DataSpec) -> np.ndarray:
-    """True for eval rows. A row's side depends only on its key (or file name and row) and the seed."""
+    """True for eval rows. A row's side depends only on its key (or file name and row) and the
+    seed: the 64-bit hash of `seed 0x1F key` (or `seed 0x1F file 0x1F row`) below
+    `eval_fraction * 2**64`. Hashed for all rows at once: FNV-1a over the bytes, one byte
+    position at a time, then the splitmix64 finalizer to spread the bits."""
     seed = spec.split.seed
     if spec.key is not None:
-        ids = [f"{seed}\x1f{k}" for k in table.column(spec.key).to_pylist()]
+        hashes = [_row_hashes(f"{seed}\x1f".encode(), table.column(spec.key))]
     else:
-        ids = [f"{seed}\x1f{path.name}\x1f{i}" for path, n in origins for i in range(n)]
-    threshold = int(spec.split.eval_fraction * 2**64)
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "big") < threshold for s in ids),
-        dtype=bool,
-        count=len(ids),
-    )
+        hashes = [
+            _row_hashes(f"{seed}\x1f{path.name}\x1f".encode(), pa.array(np.arange(n, dtype=np.int64)))
+            for path, n in origins
+        ]
+    joined = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    return joined < np.uint64(min(int(spec.split.eval_fraction * 2**64), 2**64 - 1))
+
+
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def _row_hashes(prefix: bytes, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    text = pc.cast(values, pa.large_string()).cast(pa.large_binary())
+    text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+    n = len(text)
+    start = 0xCBF29CE484222325
+    for byte in prefix:
+        start = ((start ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    hashes = np.full(n, start, dtype=np.uint64)
+    if n:
+        offsets = np.frombuffer(text.buffers()[1], dtype=np.int64)[text.offset : text.offset + n + 1]
+        raw = text.buffers()[2]
+        data = np.frombuffer(raw, dtype=np.uint8) if raw is not None else np.zeros(0, np.uint8)
+        lengths = np.diff(offsets)
+        with np.errstate(over="ignore"):
+            for j in range(int(lengths.max())):
+                active = np.flatnonzero(lengths > j)
+                byte = data[offsets[active] + j].astype(np.uint64)
+                hashes[active] = (hashes[active] ^ byte) * _FNV_PRIME
+    return _splitmix64(hashes)
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
 
 
 def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
@@ -350,8 +382,8 @@ def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
         if fspec.type == "string":
             out["features"][name] = {
                 "nulls": int(column.null_count),
-                "train_counts": dict(Counter(v for v in train.to_pylist() if v not in (None, ""))),
-                "eval_counts": dict(Counter(v for v in evals.to_pylist() if v not in (None, ""))),
+                "train_counts": _value_counts(train, drop_empty=True),
+                "eval_counts": _value_counts(evals, drop_empty=True),
             }
         else:
             values = data.float_values(train)
@@ -366,13 +398,21 @@ def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
         all_values = data.float_values(label)
         out["label"] = {"train": _moments(train_values), "all": _moments(all_values)}
     else:
-        values = label.to_pylist()
         out["label"] = {
-            "classes": sorted(set(values)),
-            "train_counts": dict(Counter(str(v) for v, e in zip(values, is_eval, strict=True) if not e)),
-            "eval_counts": dict(Counter(str(v) for v, e in zip(values, is_eval, strict=True) if e)),
+            "classes": sorted(pc.unique(label).to_pylist()),
+            "train_counts": {str(k): v for k, v in _value_counts(label.filter(train_mask)).items()},
+            "eval_counts": {str(k): v for k, v in _value_counts(label.filter(eval_mask)).items()},
         }
     return out
+
+
+def _value_counts(array: pa.Array | pa.ChunkedArray, drop_empty: bool = False) -> dict:
+    """`{value: count}` of the non-null values (and non-empty strings), in order of first appearance."""
+    array = array.drop_null()
+    if drop_empty and len(array):
+        array = array.filter(pc.not_equal(array, ""))
+    counts = pc.value_counts(array)
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
 
 
 def _moments(values: np.ndarray) -> dict:
