@@ -252,6 +252,7 @@ class TestCachingByContent:
         cache_dir = tmp_path / "cache"
         first = self._run(spec, str(csv), tmp_path / "runs" / "a" / "preprocess", cache_dir)
         with caplog.at_level(logging.INFO, logger="contrail.cache"):
+            caplog.clear()  # only the second run's records
             second = self._run(spec, str(csv), tmp_path / "runs" / "b" / "preprocess", cache_dir)
         assert second["cache_hit"] and second["reused_from"] == first["step_dir"]
         assert not any("Hashed" in r.getMessage() for r in caplog.records)  # unchanged stat: no rehash
