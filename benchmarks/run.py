@@ -280,6 +280,17 @@ def bench_write(work: Path, rows: int, repeat: int) -> None:
     record("write", "Contrail Parquet -> TFRecord", ours, "naive: Example per row", per_row, "rows/s")
     record("write", "Contrail Parquet -> TFRecord", ours, "naive, features packed in one list", packed, "rows/s")
     record("write", "pyarrow read of the Parquet (ceiling)", read, "Contrail Parquet -> TFRecord", ours, "rows/s")
+
+    from contrail import preprocess
+
+    spec = synthetic_spec(work / "write" / "spec", str(source), 20)
+    counter = iter(range(1000))
+
+    def whole_step() -> None:  # split, statistics, packing, shards, manifest: the real step
+        preprocess.run(preprocess.PreprocessArgs(str(spec), str(source), str(work / "write" / f"step{next(counter)}")))
+
+    step = rows / median_time(whole_step, repeat)
+    record("write", "the whole preprocess step", step, "naive: Example per row", per_row, "rows/s")
     if TFX_BSL_PYTHON:
         out = subprocess.run(
             [
