@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 STEP = "preprocess"
 SCHEMA = "schema.json"
 STATS = "stats.json"
+# Bumped whenever the same inputs would give other bytes (the split hash, the record layout),
+# so neither this run's manifest nor the cross-run cache hands back output of an older format.
+FORMAT = 2
 PART_RECORDS = "records.arrow"
 PART_PARTIALS = "partials.json"
 
@@ -75,7 +78,7 @@ def _inputs_and_fingerprint(args: PreprocessArgs, loaded) -> tuple[list[Path], d
     spec = loaded.spec.data
     files = data.resolve_files(args.source, field=f"{loaded.path.name}: data.source")
     inputs = cache.content_fingerprints(files, Path(args.cache_dir) if args.cache_dir else None)
-    fp = artifacts.fingerprint({"step": STEP, "data": spec.model_dump(), "inputs": inputs})
+    fp = artifacts.fingerprint({"step": STEP, "format": FORMAT, "data": spec.model_dump(), "inputs": inputs})
     return files, inputs, fp
 
 
