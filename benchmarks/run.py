@@ -176,35 +176,24 @@ def bench_encode(rows: int, repeat: int) -> None:
     columns = [(n, "float", table.column(n)) for n in table.column_names[:-1]] + [
         ("label", "int", table.column("label"))
     ]
-    naive_rows = min(rows, 50_000)
-    naive_columns = [tfrecord.EncodedColumn(n, k, a.to_pylist()[:naive_rows]) for n, k, a in columns]
-    naive = median_time(lambda: sum(1 for _ in tfrecord.encode_examples(naive_columns, range(naive_rows))), repeat)
-    fast = median_time(lambda: example_encoder.encode_table(columns), repeat)
-    record(
-        "encode",
-        "vectorized encoder, 20 floats + int label",
-        rows / fast,
-        "protobuf object per row",
-        naive_rows / naive,
-        "rows/s",
-    )
     strings = columns[:5] + [
         ("s", "bytes", pa.array(np.random.default_rng(0).choice(["red", "green", "blue-ish"], rows)))
     ]
-    naive_s = [
-        tfrecord.EncodedColumn(n, k, (a.to_pylist() if hasattr(a, "to_pylist") else list(a))[:naive_rows])
-        for n, k, a in strings
-    ]
-    naive_t = median_time(lambda: sum(1 for _ in tfrecord.encode_examples(naive_s, range(naive_rows))), repeat)
-    fast_t = median_time(lambda: example_encoder.encode_table(strings), repeat)
-    record(
-        "encode",
-        "vectorized encoder, 5 floats + 1 string",
-        rows / fast_t,
-        "protobuf object per row",
-        naive_rows / naive_t,
-        "rows/s",
-    )
+    naive_rows = min(rows, 50_000)
+    for name, case in (("20 floats + int label", columns), ("5 floats + 1 string", strings)):
+        naive_columns = [tfrecord.EncodedColumn(n, k, a.to_pylist()[:naive_rows]) for n, k, a in case]
+        naive = median_time(
+            lambda c=naive_columns: sum(1 for _ in tfrecord.encode_examples(c, range(naive_rows))), repeat
+        )
+        fast = median_time(lambda c=case: example_encoder.encode_table(c), repeat)
+        record(
+            "encode",
+            f"vectorized encoder, {name}",
+            rows / fast,
+            "protobuf object per row",
+            naive_rows / naive,
+            "rows/s",
+        )
 
 
 def _write_tfrecords(table: pa.Table, directory: Path, shards: int, packed: bool = False) -> list[str]:
@@ -456,11 +445,9 @@ def bench_parse(work: Path, repeat: int) -> None:
 
 def bench_e2e(work: Path, repeat: int) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
-    import redis
     from airflow_cluster import AirflowCluster
 
     from contrail.demo import write_penguins
-    from contrail_airflow.mode import airflow_settings
 
     redis_url = os.environ.get("CONTRAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379") + "/14"
     timings = {}
@@ -469,21 +456,12 @@ def bench_e2e(work: Path, repeat: int) -> None:
         write_penguins(home / "data")
         cluster = AirflowCluster(home, database="postgres" if mode == "scaleout" else "sqlite")
         if mode == "scaleout":
-            cluster.env.update(
-                airflow_settings(
-                    {
-                        "CONTRAIL_MODE": "scaleout",
-                        "CONTRAIL_DATABASE_URL": cluster.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
-                        "CONTRAIL_BROKER_URL": redis_url,
-                    }
-                )
-            )
-            redis.Redis.from_url(redis_url).flushdb()
+            cluster.use_scaleout(redis_url)
         try:
             cluster.start()
             if mode == "scaleout":
                 for name in ("worker-a", "worker-b"):
-                    cluster.spawn(name, ["celery", "worker", "--celery-hostname", f"{name}@%h", "--skip-serve-logs"])
+                    cluster.start_worker(name)
             cluster.wait_for_dag("penguins")
             times = []
             for i in range(repeat):
@@ -496,8 +474,6 @@ def bench_e2e(work: Path, repeat: int) -> None:
             print(f"e2e        {mode:9s} penguins trigger -> success: {timings[mode]:.1f} s (runs: {times})")
         finally:
             cluster.stop()
-            if mode == "scaleout":
-                redis.Redis.from_url(redis_url).flushdb()
     record(
         "e2e",
         "scale-out: penguins run, trigger to success",

@@ -34,7 +34,9 @@ from contrail_airflow.operators import (
 
 log = logging.getLogger(__name__)
 
-SPEC_DIR = Path(os.environ.get("CONTRAIL_SPEC_DIR") or Path(__file__).parent / "pipelines")  # = config.spec_dir()
+# CONTRAIL_SPEC_DIR as config.spec_dir() reads it; unset, the pipelines/ folder beside this file
+# (wherever the DAG folder is deployed), not one relative to the project root.
+SPEC_DIR = Path(os.environ.get("CONTRAIL_SPEC_DIR") or Path(__file__).parent / "pipelines")
 
 
 def trigger_params(loaded: LoadedSpec) -> dict[str, Param]:

@@ -177,7 +177,8 @@ def run(args: PreprocessArgs) -> dict:
         )
     schema, stats = merge_partials(part.partials, spec, loaded.spec.name)
     _check_oov(stats, spec, args.source)
-    schema["train_packing"] = {"feature": tfrecord.PACKED_FEATURE, "columns": _packed(spec)} if _packed(spec) else None
+    packed = _packed(spec)
+    schema["train_packing"] = {"feature": tfrecord.PACKED_FEATURE, "columns": packed} if packed else None
     # Train records are written in a seeded random order, so training can shuffle whole batches.
     order = np.random.default_rng(spec.split.seed).permutation(len(train_records))
     splits = {"train": train_records.take(pa.array(order)), "eval": eval_records}

@@ -76,6 +76,7 @@ class AirflowCluster:
         )
         self.components = components
         self.procs: dict[str, subprocess.Popen] = {}
+        self.broker_url: str | None = None
         self._token: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -121,6 +122,39 @@ class AirflowCluster:
         )
         return self.procs[name]
 
+    def use_scaleout(self, broker_url: str) -> None:
+        """Switch this cluster to the scale-out mode (CeleryExecutor on Redis) the way a user
+        does: `CONTRAIL_MODE=scaleout` and two URLs, turned into Airflow settings by
+        `contrail_airflow.mode`. The broker's Redis database is flushed now and on `stop()`."""
+        from contrail_airflow.mode import airflow_settings
+
+        self.env.update(
+            airflow_settings(
+                {
+                    "CONTRAIL_MODE": "scaleout",
+                    "CONTRAIL_DATABASE_URL": self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+                    "CONTRAIL_BROKER_URL": broker_url,
+                }
+            )
+        )
+        self.broker_url = broker_url
+        self._flush_broker()
+
+    def start_worker(
+        self, name: str, queues: str = "default", concurrency: int | None = None, cwd: Path | None = None, **env: str
+    ) -> subprocess.Popen:
+        """An `airflow celery worker` named `name` (its task instances' hostname, too)."""
+        args = ["celery", "worker", "--queues", queues, "--celery-hostname", f"{name}@%h", "--skip-serve-logs"]
+        if concurrency is not None:
+            args += ["--concurrency", str(concurrency)]
+        return self.spawn(name, args, cwd=cwd, CONTRAIL_WORKER_NAME=name, **env)
+
+    def _flush_broker(self) -> None:
+        if self.broker_url:
+            import redis
+
+            redis.Redis.from_url(self.broker_url).flushdb()
+
     def kill(self, name: str) -> None:
         """SIGKILL component `name` and every process it started, as a crash would."""
         proc = self.procs.pop(name)
@@ -142,6 +176,7 @@ class AirflowCluster:
         if self.database:
             _postgres(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
             self.database = None
+        self._flush_broker()
 
     def __enter__(self) -> AirflowCluster:
         return self.start()

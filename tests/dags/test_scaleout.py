@@ -20,25 +20,19 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import redis
 import yaml
 from airflow_cluster import AirflowCluster
-from tests_support import ROOT
+from tests_support import ROOT, slow_training
 
 from contrail import artifacts
 from contrail.demo import write_penguins
 from contrail.train import read_history
-from contrail_airflow.mode import airflow_settings
 
 pytestmark = pytest.mark.slow
 
 REDIS_URL = os.environ.get("CONTRAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379") + "/13"
 WORKERS = {"worker-a": "default", "worker-b": "default,training"}
 PARTS = 4
-
-
-def _flush_redis() -> None:
-    redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 def _specs(home: Path) -> Path:
@@ -53,18 +47,10 @@ def _specs(home: Path) -> Path:
         # train goes to the `training` queue, which only worker-b consumes (a GPU worker's role)
         "routed": {"queues": {"train": "training"}},
         # many short evaluation rounds, so that a kill lands mid-training
-        "slow": {
-            "train": {
-                **base["train"],
-                "eval_every_steps": 5,
-                "early_stopping": {"monitor": "val_loss", "patience": 12, "min_delta": 0.0005},
-            }
-        },
+        "slow": slow_training(base),
     }
     for name, changes in variants.items():
         spec = {**base, **changes, "name": name}
-        if name == "slow":
-            spec["model"] = {**base["model"], "params": {**base["model"]["params"], "learning_rate": 0.0005}}
         (specs / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return specs
 
@@ -86,46 +72,18 @@ def cluster(tmp_path_factory):
         CONTRAIL_ARTIFACT_ROOT=f"file://{shared}/artifacts",
         AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="20",
     )
-    # The mode switch under test: CONTRAIL_MODE=scaleout and two URLs give every Airflow setting.
-    running.env.update(
-        airflow_settings(
-            {
-                "CONTRAIL_MODE": "scaleout",
-                "CONTRAIL_DATABASE_URL": running.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
-                "CONTRAIL_BROKER_URL": REDIS_URL,
-            }
-        )
-    )
-    _flush_redis()
+    running.use_scaleout(REDIS_URL)  # the mode switch under test: CONTRAIL_MODE=scaleout and two URLs
     try:
         running.start()
         for name, queues in WORKERS.items():
             local = home / "local" / name
             (local / "tmp").mkdir(parents=True)
-            running.spawn(
-                name,
-                [
-                    "celery",
-                    "worker",
-                    "--concurrency",
-                    "1",
-                    "--queues",
-                    queues,
-                    "--celery-hostname",
-                    f"{name}@%h",
-                    "--skip-serve-logs",
-                ],
-                cwd=local,
-                CONTRAIL_WORKER_NAME=name,
-                HOME=str(local),
-                TMPDIR=str(local / "tmp"),
-            )
+            running.start_worker(name, queues, concurrency=1, cwd=local, HOME=str(local), TMPDIR=str(local / "tmp"))
         running.shared = shared
         running.wait_for_dag("slow")
         yield running
     finally:
         running.stop()
-        _flush_redis()
 
 
 def _tries(cluster, dag_id, run_id, task_id) -> list[dict]:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 from airflow_cluster import AirflowCluster
-from tests_support import ROOT
+from tests_support import ROOT, slow_training
 
 from contrail import artifacts
 from contrail.demo import write_penguins
@@ -36,12 +36,7 @@ def cluster(tmp_path_factory):
     specs = home / "pipelines"
     shutil.copytree(ROOT / "dags" / "pipelines", specs)
     # A slower variant for the kill test: many short evaluation rounds, so a kill lands mid-run.
-    slow = yaml.safe_load((specs / "penguins.yaml").read_text())
-    slow["name"] = "penguins_slow"
-    slow["model"]["params"]["learning_rate"] = 0.0005
-    slow["train"].update(
-        eval_every_steps=5, early_stopping={"monitor": "val_loss", "patience": 12, "min_delta": 0.0005}
-    )
+    slow = {**slow_training(yaml.safe_load((specs / "penguins.yaml").read_text())), "name": "penguins_slow"}
     (specs / "penguins_slow.yaml").write_text(yaml.safe_dump(slow, sort_keys=False))
     failpoints = home / "failpoints"
     failpoints.mkdir()

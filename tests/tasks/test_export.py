@@ -8,25 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests_support import run_export
 
-from contrail import artifacts, export, serving
+from contrail import artifacts, serving
 from contrail.errors import InferenceError
 
 
 def _export(penguins_run, models_dir: Path, run_key: str, step_dir: Path, **extra) -> dict:
-    return export.run(
-        export.ExportArgs(
-            spec_path=str(penguins_run["spec"]),
-            preprocess=penguins_run["preprocess"],
-            train=penguins_run["train"],
-            best=penguins_run["best"],
-            step_dir=str(step_dir),
-            models_dir=str(models_dir),
-            run_key=run_key,
-            dag_id="penguins",
-            run_id=f"manual__{run_key}",
-            **extra,
-        )
+    return run_export(
+        penguins_run, models_dir, run_key, step_dir, dag_id="penguins", run_id=f"manual__{run_key}", **extra
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from tests_support import run_export
 
 from contrail import export, inference, preprocess, select_best, train
 from contrail.demo import write_cars
@@ -51,21 +52,6 @@ def _pipeline(spec: Path, data: Path, run: Path, **train_overrides) -> dict:
     return {"spec": spec, "preprocess": pre, "train": trained, "best": best}
 
 
-def _export(stages: dict, models: Path, run_key: str, step_dir: Path, **extra) -> dict:
-    return export.run(
-        export.ExportArgs(
-            spec_path=str(stages["spec"]),
-            preprocess=stages["preprocess"],
-            train=stages["train"],
-            best=stages["best"],
-            step_dir=str(step_dir),
-            models_dir=str(models),
-            run_key=run_key,
-            **extra,
-        )
-    )
-
-
 @pytest.fixture(scope="module")
 def cars(tmp_path_factory):
     base = tmp_path_factory.mktemp("cars")
@@ -79,7 +65,7 @@ def cars(tmp_path_factory):
 
 def test_regression_export_scores_and_serves(cars, tmp_path):
     models = tmp_path / "models"
-    result = _export(cars["good"], models, "r1", tmp_path / "export")
+    result = run_export(cars["good"], models, "r1", tmp_path / "export")
     assert (result["version"], result["blessing"]) == (1, "first_model")
     assert result["candidate_score"]["val_rmse"] < 4.5  # miles per gallon; the label's std is about 7.8
     out = subprocess.run(
@@ -108,18 +94,18 @@ def test_a_failed_check_publishes_nothing(cars, tmp_path, monkeypatch):
 
     monkeypatch.setattr(export, "check_fresh_process", broken)
     with pytest.raises(ExportError, match="differs by 0.5"):
-        _export(cars["good"], tmp_path / "models", "r1", tmp_path / "export")
+        run_export(cars["good"], tmp_path / "models", "r1", tmp_path / "export")
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [], "no version, no staging left behind"
     assert not (tmp_path / "export").exists()
 
 
 def test_only_one_of_two_concurrent_better_candidates_wins(cars, tmp_path):
     models = tmp_path / "models"
-    weak = _export(cars["weak"], models, "weak", tmp_path / "weak")
+    weak = run_export(cars["weak"], models, "weak", tmp_path / "weak")
     assert weak["blessing"] == "first_model"
     results: dict[str, dict] = {}
     threads = [
-        threading.Thread(target=lambda k=k: results.setdefault(k, _export(cars["good"], models, k, tmp_path / k)))
+        threading.Thread(target=lambda k=k: results.setdefault(k, run_export(cars["good"], models, k, tmp_path / k)))
         for k in ("c1", "c2")
     ]
     for t in threads:
@@ -138,8 +124,8 @@ def test_schema_change_is_compared_on_the_new_eval_data(cars, tmp_path):
     models = tmp_path / "models"
     narrow_spec = _spec(tmp_path / "narrow", cars["data"], **{"data.features.acceleration": None})
     narrow = _pipeline(narrow_spec, cars["data"], tmp_path / "runs" / "narrow", max_steps=100, eval_every_steps=50)
-    assert _export(narrow, models, "narrow", tmp_path / "e1")["blessing"] == "first_model"
-    wide = _export(cars["good"], models, "wide", tmp_path / "e2")
+    assert run_export(narrow, models, "narrow", tmp_path / "e1")["blessing"] == "first_model"
+    wide = run_export(cars["good"], models, "wide", tmp_path / "e2")
     blessing = json.loads((tmp_path / "e2" / "blessing.json").read_text())
     assert blessing["schema_change"] == {"added": ["acceleration"], "removed": [], "retyped": []}
     assert blessing["production_score"] is not None, "the old model scored the new eval rows"
@@ -151,7 +137,7 @@ def test_schema_change_is_compared_on_the_new_eval_data(cars, tmp_path):
 @pytest.mark.parametrize("damage", ["delete-saved-model", "garbage-saved-model", "garbage-production-json"])
 def test_damaged_production_is_named_and_nothing_is_promoted(cars, tmp_path, damage):
     models = tmp_path / "models"
-    _export(cars["weak"], models, "weak", tmp_path / "weak")
+    run_export(cars["weak"], models, "weak", tmp_path / "weak")
     before = (models / "production.json").read_bytes()
     if damage == "delete-saved-model":
         (models / "1" / "saved_model.pb").unlink()
@@ -164,5 +150,5 @@ def test_damaged_production_is_named_and_nothing_is_promoted(cars, tmp_path, dam
         before = (models / "production.json").read_bytes()
         pattern = r"production\.json: expected a production record with an integer 'version', found an unreadable file"
     with pytest.raises(ExportError, match=pattern):
-        _export(cars["good"], models, "good", tmp_path / "good")
+        run_export(cars["good"], models, "good", tmp_path / "good")
     assert (models / "production.json").read_bytes() == before

@@ -6,8 +6,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tests_support import run_export
 
-from contrail import export, inference
+from contrail import inference
 from contrail.demo import penguins_table
 from contrail.errors import InferenceError, SchemaMismatchError, UnknownCategoryError
 
@@ -15,17 +16,7 @@ from contrail.errors import InferenceError, SchemaMismatchError, UnknownCategory
 @pytest.fixture(scope="module")
 def pipeline_dir(penguins_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("inference") / "penguins"
-    export.run(
-        export.ExportArgs(
-            spec_path=str(penguins_run["spec"]),
-            preprocess=penguins_run["preprocess"],
-            train=penguins_run["train"],
-            best=penguins_run["best"],
-            step_dir=str(base / "runs" / "r1" / "export"),
-            models_dir=str(base / "models"),
-            run_key="r1",
-        )
-    )
+    run_export(penguins_run, base / "models", "r1", base / "runs" / "r1" / "export")
     return base
 
 

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests_support import run_export
 
-from contrail import export, train
+from contrail import train
 from contrail.errors import TrainingError
 
 RUNNER = Path(__file__).resolve().parents[1] / "run_train.py"
@@ -113,17 +114,7 @@ def test_mirrored_strategy_on_two_logical_cpus(reference, tmp_path):
 
 def test_warm_start_from_production(penguins_run, tmp_path):
     models = tmp_path / "models"
-    export.run(
-        export.ExportArgs(
-            spec_path=str(penguins_run["spec"]),
-            preprocess=penguins_run["preprocess"],
-            train=penguins_run["train"],
-            best=penguins_run["best"],
-            step_dir=str(tmp_path / "export"),
-            models_dir=str(models),
-            run_key="r1",
-        )
-    )
+    run_export(penguins_run, models, "r1", tmp_path / "export")
     spec = penguins_run["spec"]
     warm = tmp_path / "spec"
     warm.mkdir()
