@@ -11,7 +11,8 @@
     │   └── UnknownCategoryError  out-of-vocabulary values beyond the spec's tolerance
     ├── TrainingError             build_fn failures, wrong output shape, NaN loss, bad monitor
     ├── ExportError               a SavedModel that fails its parity or reload check
-    └── InferenceError            a row that cannot be scored, a missing production model
+    ├── InferenceError            a row that cannot be scored, a missing production model
+    └── StorageError              an artifact root that cannot be listed, read or written
 
 Messages name the file or field, then say what was expected and what was found, so that a
 task log line is enough to fix the problem.
@@ -58,3 +59,7 @@ class ExportError(ContrailError):
 
 class InferenceError(ContrailError):
     """Batch inference could not score its input."""
+
+
+class StorageError(ContrailError):
+    """The artifact root could not be listed, read or written."""

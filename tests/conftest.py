@@ -112,3 +112,20 @@ def penguins_run(tmp_path_factory, penguins_dir) -> dict:
     trained = train.run(train.TrainArgs(str(spec_path), pre, str(run_dir / "train")))
     best = select_best.run(select_best.SelectBestArgs(str(spec_path), trained, str(run_dir / "select_best")))
     return {"spec": spec_path, "base": base, "run_dir": run_dir, "preprocess": pre, "train": trained, "best": best}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint (moto's server) on loopback, for the whole session."""
+    from object_store import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """This process's S3 clients pointed at the loopback endpoint; `s3.new_bucket()` for a bucket."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server

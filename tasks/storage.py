@@ -1,0 +1,261 @@
+"""Artifact roots on any fsspec file system: a local working copy per task, published to the
+remote root with commit markers.
+
+Every step works on a POSIX folder: it publishes with `rename`, appends with `O_APPEND` and
+locks with `fcntl`, none of which an object store offers. So for a remote root (`s3://...`,
+`gs://...`, any fsspec URI but a local path or `file://`) a task gets a `Workspace`: a private
+local folder laid out exactly like the root. The task pulls what it reads, the step runs on
+the local copy, and `push` sends up what changed:
+
+- Files under a folder that holds a commit marker (`manifest.json`, a checkpoint's
+  `state.json`, a model version's `contrail.json`) go first, the marker last, deepest folder
+  first: a reader that finds the marker finds every file it commits. Before a committed folder
+  changes, its old marker is deleted, so nobody reads old marker with new files.
+- Files outside any committed folder (`production.json`, the history, events, the report)
+  go after the folders they point into.
+- Files the task deleted (a retired checkpoint, the fan-out's parts) are deleted remotely,
+  markers first.
+
+Paths in XCom are remote URIs (`to_remote`); a task maps its inputs onto its copy with
+`to_local`. For a local root the workspace is the root itself and every method is a no-op,
+so operators are written once for both.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from contrail.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+COMMIT_MARKERS = frozenset({"manifest.json", "state.json", "contrail.json"})
+
+
+def is_remote(location: str) -> bool:
+    """True for any URI but a plain path or `file://`."""
+    scheme, sep, _ = location.partition("://")
+    return bool(sep) and scheme not in ("file", "local")
+
+
+def storage_options() -> dict[str, Any]:
+    """`CONTRAIL_STORAGE_OPTIONS`, a JSON object handed to the fsspec file system (for S3, for
+    example `{"endpoint_url": "http://minio:9000"}`); credentials come from the usual places
+    (`AWS_*` variables, instance roles, `GOOGLE_APPLICATION_CREDENTIALS`)."""
+    raw = os.environ.get("CONTRAIL_STORAGE_OPTIONS", "").strip()
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise StorageError(f"CONTRAIL_STORAGE_OPTIONS: expected a JSON object, found {raw!r} ({exc})") from None
+    if not isinstance(value, dict):
+        raise StorageError(f"CONTRAIL_STORAGE_OPTIONS: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def filesystem(location: str):
+    """The fsspec file system of `location` and the root's path on it."""
+    import fsspec
+
+    try:
+        fs, root = fsspec.core.url_to_fs(location, **storage_options())
+    except (ImportError, ValueError) as exc:
+        raise StorageError(
+            f"CONTRAIL_ARTIFACT_ROOT={location!r}: no fsspec file system for this URI ({exc}); "
+            "install its package (s3fs is included; gcsfs for gs://, adlfs for az://)"
+        ) from None
+    return fs, root.rstrip("/")
+
+
+def _skipped(rel: str) -> bool:
+    """Transient local names (staging folders, temporary files, lock files) never travel."""
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def _stat(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+class Workspace:
+    """The folder a task works in: the artifact root itself, or a local copy of a remote one.
+
+    :param location: the artifact root, a local path or any fsspec URI
+    :param scratch: where remote copies are made (a private folder is created there)
+    """
+
+    def __init__(self, location: str, scratch: Path | None = None) -> None:
+        self.location = location.rstrip("/")
+        self.remote = is_remote(location)
+        self._snapshot: dict[str, tuple[int, int, int]] = {}  # what the remote holds, as copied here
+        if not self.remote:
+            self.root = Path(location.removeprefix("file://")).resolve()
+            self._tmp = None
+            return
+        self.fs, self._remote_root = filesystem(location)
+        scratch = Path(scratch or tempfile.gettempdir())
+        scratch.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix="contrail-workspace-", dir=scratch))
+        self.root = self._tmp / "root"
+        self.root.mkdir()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the local copy (a remote root's only)."""
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def remote_path(self, rel: str) -> str:
+        return f"{self._remote_root}/{rel}" if rel else self._remote_root
+
+    def to_remote(self, value: Any) -> Any:
+        """`value` (a result: strings, lists, dicts) with local paths under the copy as URIs."""
+        return self._translate(value, str(self.root), self.location)
+
+    def to_local(self, value: Any) -> Any:
+        """`value` (an upstream result) with URIs under the root as paths in the copy."""
+        return self._translate(value, self.location, str(self.root))
+
+    def _translate(self, value: Any, old: str, new: str) -> Any:
+        if not self.remote:
+            return value
+        if isinstance(value, str):
+            if value == old:
+                return new
+            return new + value[len(old) :] if value.startswith(old + "/") else value
+        if isinstance(value, list | tuple):
+            return type(value)(self._translate(v, old, new) for v in value)
+        if isinstance(value, dict):
+            return {k: self._translate(v, old, new) for k, v in value.items()}
+        return value
+
+    # -- transfers ----------------------------------------------------------------------------
+
+    def pull(self, rel: str, include: Iterable[str] = ()) -> int:
+        """Copy the files under `rel` (a folder or a file, relative to the root) here; with
+        `include`, only those whose path below `rel` matches one of the glob patterns.
+        Returns how many files were copied; a missing `rel` copies none."""
+        if not self.remote:
+            return 0
+        patterns = list(include)
+        prefix = self.remote_path(rel)
+        try:
+            found = self.fs.find(prefix, detail=True)
+        except FileNotFoundError:
+            found = {}
+        except Exception as exc:
+            raise StorageError(f"{self.location}/{rel}: cannot list the artifact root: {exc}") from exc
+        wanted: dict[str, int] = {}
+        for path, info in found.items():
+            if info.get("type") == "directory":
+                continue
+            relpath = path[len(self._remote_root) + 1 :]
+            below = relpath[len(rel) + 1 :] if rel and relpath != rel else relpath
+            if _skipped(relpath) or (patterns and not any(fnmatch.fnmatch(below, p) for p in patterns)):
+                continue
+            wanted[relpath] = int(info.get("size", -1))
+        if not wanted:
+            return 0
+        locals_ = [self.root / r for r in wanted]
+        for path in locals_:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.fs.get([self.remote_path(r) for r in wanted], [str(p) for p in locals_])
+        except Exception as exc:
+            raise StorageError(f"{self.location}/{rel}: download failed: {exc}") from exc
+        for relpath, size in wanted.items():
+            local = self.root / relpath
+            if not local.is_file() or (size >= 0 and local.stat().st_size != size):
+                raise StorageError(
+                    f"{self.location}/{relpath}: expected {size} bytes, found "
+                    f"{local.stat().st_size if local.is_file() else 'no file'} after download"
+                )
+            self._snapshot[relpath] = _stat(local)
+        log.info("Pulled %d file(s) from %s/%s", len(wanted), self.location, rel)
+        return len(wanted)
+
+    def push(self) -> dict[str, int]:
+        """Make the remote root hold what changed here since the pull, in commit order."""
+        if not self.remote:
+            return {"uploaded": 0, "deleted": 0}
+        current = {
+            str(p.relative_to(self.root)): _stat(p)
+            for p in self.root.rglob("*")
+            if p.is_file() and not _skipped(str(p.relative_to(self.root)))
+        }
+        changed = sorted(r for r, st in current.items() if self._snapshot.get(r) != st)
+        removed = sorted(r for r in self._snapshot if r not in current)
+        if not changed and not removed:
+            return {"uploaded": 0, "deleted": 0}
+        units = {str(p.parent.relative_to(self.root)) for p in self.root.rglob("*") if p.name in COMMIT_MARKERS}
+        units |= {r.rsplit("/", 1)[0] for r in self._snapshot if r.rsplit("/", 1)[-1] in COMMIT_MARKERS}
+
+        def unit_of(rel: str) -> str | None:
+            parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+            while True:
+                if parent in units:
+                    return parent
+                if not parent:
+                    return None
+                parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
+
+        touched = {unit_of(r) for r in changed + removed} - {None}
+        # 1. Uncommit every committed folder about to change, then 2. delete what is gone.
+        stale_markers = {f"{u}/{m}" if u else m for u in touched for m in COMMIT_MARKERS} & set(self._snapshot)
+        self._delete(sorted(stale_markers))
+        self._delete([r for r in removed if r not in stale_markers])
+        changed = sorted(set(changed) | (stale_markers & set(current)))  # recommit what stays
+        # 3. Committed folders, deepest first, each marker after its files; 4. the rest.
+        by_depth: dict[int, list[str]] = {}
+        loose = []
+        for rel in changed:
+            unit = unit_of(rel)
+            if unit is None:
+                loose.append(rel)
+            else:
+                by_depth.setdefault(unit.count("/") + bool(unit), []).append(rel)
+        for depth in sorted(by_depth, reverse=True):
+            files = by_depth[depth]
+            self._upload([r for r in files if r.rsplit("/", 1)[-1] not in COMMIT_MARKERS])
+            self._upload([r for r in files if r.rsplit("/", 1)[-1] in COMMIT_MARKERS])
+        self._upload(loose)
+        self._snapshot = {r: st for r, st in current.items()}
+        log.info("Pushed %d file(s), deleted %d, under %s", len(changed), len(removed), self.location)
+        return {"uploaded": len(changed), "deleted": len(removed)}
+
+    def _upload(self, rels: list[str]) -> None:
+        if not rels:
+            return
+        try:
+            self.fs.put([str(self.root / r) for r in rels], [self.remote_path(r) for r in rels])
+        except Exception as exc:
+            raise StorageError(f"{self.location}: upload of {rels[0]} and {len(rels) - 1} more failed: {exc}") from exc
+
+    def _delete(self, rels: list[str]) -> None:
+        if not rels:
+            return
+        try:
+            self.fs.rm([self.remote_path(r) for r in rels])
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise StorageError(f"{self.location}: deleting {rels[0]} and {len(rels) - 1} more failed: {exc}") from exc
+        for rel in rels:
+            self._snapshot.pop(rel, None)
