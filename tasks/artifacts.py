@@ -188,25 +188,25 @@ def reusable_result(step_dir: Path, fingerprint_: str) -> dict | None:
     return result
 
 
-EVENTS = "events.jsonl"
+EVENTS = "events"
 
 
 def record_event(run_dir: Path, event: Mapping[str, Any]) -> None:
-    """Append one line to the run's event log (which step ran, whether it was reused).
+    """Add one record to the run's event log (which step ran, whether it was reused).
 
-    One short `O_APPEND` write per line, so concurrent writers never interleave within a line.
+    One small file per event (`events/<time>-<random>.json`): concurrent writers (mapped
+    tasks, a retry beside its orphan) never touch the same file, on a POSIX folder or on an
+    object store, where nothing can be appended to.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    line = json.dumps({"time": time.time(), **event}, sort_keys=True, default=str) + "\n"
-    fd = os.open(run_dir / EVENTS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    now = time.time()
+    folder = run_dir / EVENTS
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json", {"time": now, **event})
 
 
 def read_events(run_dir: Path) -> list[dict]:
-    path = run_dir / EVENTS
-    if not path.is_file():
+    """The run's events, oldest first."""
+    folder = run_dir / EVENTS
+    if not folder.is_dir():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [read_json(path) for path in sorted(folder.glob("*.json"))]

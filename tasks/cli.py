@@ -51,12 +51,18 @@ def _summary(args: argparse.Namespace) -> int:
     from contrail import artifacts
     from contrail.demo import format_summary, summarize
     from contrail.spec import find_spec
+    from contrail.storage import Workspace
 
     find_spec(args.pipeline, config.spec_dir())
-    root = config.artifact_root()
-    summary = summarize(root, args.pipeline, args.run_id)
-    run_dir = Path(summary["run_dir"])
-    events = artifacts.read_events(run_dir)
+    with Workspace(config.artifact_location(), config.scratch_dir()) as workspace:
+        # A remote root: its run records (small JSON files) are enough for the summary.
+        workspace.pull(f"{args.pipeline}/runs/{artifacts.run_key(args.run_id)}", include=("*.json", "*.jsonl"))
+        summary = summarize(workspace.root, args.pipeline, args.run_id)
+        events = artifacts.read_events(Path(summary["run_dir"]))
+        summary = workspace.to_remote(summary)
+        default_out = (
+            workspace.root if not workspace.remote else config.project_root() / "artifacts"
+        ) / "demo-summary.json"
     # Steps the latest execution of this run reused rather than recomputed.
     latest: dict[str, dict] = {}
     for event in events:
@@ -64,7 +70,7 @@ def _summary(args: argparse.Namespace) -> int:
     reused = [s for s, e in latest.items() if e.get("reused")]
     summary["reused_steps"] = reused
     summary["idempotent_rerun"] = len(reused) == 5
-    out = Path(args.output) if args.output else root / "demo-summary.json"
+    out = Path(args.output) if args.output else default_out
     artifacts.write_json_atomic(out, summary)
     print(format_summary(summary, reused))
     print(f"Summary written to {out}")

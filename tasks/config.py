@@ -4,6 +4,7 @@ for data): workers on other machines set their own paths."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -16,30 +17,33 @@ def project_root() -> Path:
     return Path.cwd()
 
 
-def artifact_root() -> Path:
-    """`CONTRAIL_ARTIFACT_ROOT` (a path or a `file://` URI), else `<project>/artifacts`.
+def artifact_location() -> str:
+    """`CONTRAIL_ARTIFACT_ROOT` as given, else `<project>/artifacts`.
 
-    Every worker must see the same root: on several hosts, a shared POSIX mount (NFS, EFS,
-    Filestore). Steps publish with rename and promotions lock with fcntl, so the root must
-    offer both; an object store is reached through such a mount (see README, 'Shared artifacts').
+    A local path or `file://` URI (one machine, or a POSIX mount every worker shares: NFS, EFS,
+    Filestore), or any fsspec URI (`s3://bucket/prefix`, `gs://...`): tasks then work on a
+    local copy and publish to it (`contrail.storage`).
     """
-    value = os.environ.get("CONTRAIL_ARTIFACT_ROOT")
-    return Path(local_path(value, "CONTRAIL_ARTIFACT_ROOT")).resolve() if value else project_root() / "artifacts"
+    return os.environ.get("CONTRAIL_ARTIFACT_ROOT") or str(project_root() / "artifacts")
 
 
-def local_path(value: str, name: str) -> str:
-    """A path from a plain path or a `file://` URI; any other scheme is a clear error."""
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        return value
-    if scheme == "file":
-        return rest
-    from contrail.errors import SpecError
+def artifact_root() -> Path:
+    """The artifact root as a local folder; for a remote root, use `storage.Workspace`."""
+    from contrail.storage import is_remote
 
-    raise SpecError(
-        f"{name}: expected a local path or a file:// URI on storage every worker mounts, found {value!r}; "
-        f"mount {scheme}:// storage (for example with s3fs or gcsfuse) and give its mount point"
-    )
+    location = artifact_location()
+    if is_remote(location):
+        from contrail.errors import StorageError
+
+        raise StorageError(f"CONTRAIL_ARTIFACT_ROOT={location!r} is not a local folder; read it through a workspace")
+    return Path(location.removeprefix("file://")).resolve()
+
+
+def scratch_dir() -> Path:
+    """`CONTRAIL_SCRATCH_DIR`, else the system's temporary folder: where a task copies what it
+    needs from a remote artifact root (removed when the task ends)."""
+    value = os.environ.get("CONTRAIL_SCRATCH_DIR")
+    return Path(value) if value else Path(tempfile.gettempdir())
 
 
 def data_dir() -> Path:

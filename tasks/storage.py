@@ -17,7 +17,10 @@ the local copy, and `push` sends up what changed:
   markers first.
 
 Paths in XCom are remote URIs (`to_remote`); a task maps its inputs onto its copy with
-`to_local`. For a local root the workspace is the root itself and every method is a no-op,
+`to_local`. Paths inside the records a step writes (commit markers, `production.json`, events,
+the report) are rewritten the same way on the way up and back down, so the remote root never
+names a worker's folder. Files a manifest lists are sent as they are: their sizes and hashes
+are part of the commit. For a local root the workspace is the root itself and every method is a no-op,
 so operators are written once for both.
 """
 
@@ -38,6 +41,7 @@ from contrail.errors import StorageError
 log = logging.getLogger(__name__)
 
 COMMIT_MARKERS = frozenset({"manifest.json", "state.json", "contrail.json"})
+RECORD_SUFFIXES = (".json", ".jsonl", ".html")  # small text records whose paths are rewritten
 
 
 def is_remote(location: str) -> bool:
@@ -76,6 +80,37 @@ def filesystem(location: str):
     return fs, root.rstrip("/")
 
 
+def read_text(location: str, rel: str) -> str | None:
+    """The text of `rel` under the artifact root `location`, local or remote; None if absent."""
+    if not is_remote(location):
+        path = Path(location.removeprefix("file://")) / rel
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+    fs, root = filesystem(location)
+    try:
+        return fs.cat_file(f"{root}/{rel}").decode("utf-8")
+    except FileNotFoundError:
+        return None
+
+
+WORKSPACE_PREFIX = "contrail-workspace-"
+
+
+def _remove_abandoned(scratch: Path) -> None:
+    """Remove the copies of tasks that died without cleaning up (SIGKILL, OOM): their folder
+    names carry the pid, and no process with that pid is alive on this host."""
+    for folder in scratch.glob(f"{WORKSPACE_PREFIX}*"):
+        pid = folder.name[len(WORKSPACE_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("Removed %s, left by a task that died", folder)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 def _skipped(rel: str) -> bool:
     """Transient local names (staging folders, temporary files, lock files) never travel."""
     return any(part.startswith(".") for part in rel.split("/"))
@@ -97,6 +132,7 @@ class Workspace:
         self.location = location.rstrip("/")
         self.remote = is_remote(location)
         self._snapshot: dict[str, tuple[int, int, int]] = {}  # what the remote holds, as copied here
+        self._remote_sizes: dict[str, int] = {}
         if not self.remote:
             self.root = Path(location.removeprefix("file://")).resolve()
             self._tmp = None
@@ -104,7 +140,8 @@ class Workspace:
         self.fs, self._remote_root = filesystem(location)
         scratch = Path(scratch or tempfile.gettempdir())
         scratch.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix="contrail-workspace-", dir=scratch))
+        _remove_abandoned(scratch)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-", dir=scratch))
         self.root = self._tmp / "root"
         self.root.mkdir()
 
@@ -170,7 +207,10 @@ class Workspace:
             below = relpath[len(rel) + 1 :] if rel and relpath != rel else relpath
             if _skipped(relpath) or (patterns and not any(fnmatch.fnmatch(below, p) for p in patterns)):
                 continue
-            wanted[relpath] = int(info.get("size", -1))
+            size = int(info.get("size", -1))
+            if self._remote_sizes.get(relpath) == size and self._unchanged(relpath):
+                continue  # pulled already (a folder's records, then the whole folder)
+            wanted[relpath] = size
         if not wanted:
             return 0
         locals_ = [self.root / r for r in wanted]
@@ -180,6 +220,7 @@ class Workspace:
             self.fs.get([self.remote_path(r) for r in wanted], [str(p) for p in locals_])
         except Exception as exc:
             raise StorageError(f"{self.location}/{rel}: download failed: {exc}") from exc
+        remote_name, local_name = self.location.encode(), str(self.root).encode()
         for relpath, size in wanted.items():
             local = self.root / relpath
             if not local.is_file() or (size >= 0 and local.stat().st_size != size):
@@ -187,9 +228,18 @@ class Workspace:
                     f"{self.location}/{relpath}: expected {size} bytes, found "
                     f"{local.stat().st_size if local.is_file() else 'no file'} after download"
                 )
+            if relpath.endswith(RECORD_SUFFIXES):
+                data = local.read_bytes()
+                if remote_name in data:
+                    local.write_bytes(data.replace(remote_name, local_name))
             self._snapshot[relpath] = _stat(local)
+            self._remote_sizes[relpath] = size
         log.info("Pulled %d file(s) from %s/%s", len(wanted), self.location, rel)
         return len(wanted)
+
+    def _unchanged(self, rel: str) -> bool:
+        path = self.root / rel
+        return path.is_file() and _stat(path) == self._snapshot.get(rel)
 
     def push(self) -> dict[str, int]:
         """Make the remote root hold what changed here since the pull, in commit order."""
@@ -234,17 +284,30 @@ class Workspace:
         for depth in sorted(by_depth, reverse=True):
             files = by_depth[depth]
             self._upload([r for r in files if r.rsplit("/", 1)[-1] not in COMMIT_MARKERS])
-            self._upload([r for r in files if r.rsplit("/", 1)[-1] in COMMIT_MARKERS])
-        self._upload(loose)
-        self._snapshot = {r: st for r, st in current.items()}
+            self._upload([r for r in files if r.rsplit("/", 1)[-1] in COMMIT_MARKERS], records=True)
+        self._upload(loose, records=True)
+        self._snapshot = dict(current)
+        for rel in changed + removed:
+            self._remote_sizes.pop(rel, None)
         log.info("Pushed %d file(s), deleted %d, under %s", len(changed), len(removed), self.location)
         return {"uploaded": len(changed), "deleted": len(removed)}
 
-    def _upload(self, rels: list[str]) -> None:
+    def _upload(self, rels: list[str], records: bool = False) -> None:
+        """Send `rels`; with `records`, small text records go with this copy's folder named as
+        the remote root."""
         if not rels:
             return
+        local_name, remote_name = str(self.root).encode(), self.location.encode()
         try:
-            self.fs.put([str(self.root / r) for r in rels], [self.remote_path(r) for r in rels])
+            plain = []
+            for rel in rels:
+                data = (self.root / rel).read_bytes() if records and rel.endswith(RECORD_SUFFIXES) else b""
+                if local_name in data:
+                    self.fs.pipe_file(self.remote_path(rel), data.replace(local_name, remote_name))
+                else:
+                    plain.append(rel)
+            if plain:
+                self.fs.put([str(self.root / r) for r in plain], [self.remote_path(r) for r in plain])
         except Exception as exc:
             raise StorageError(f"{self.location}: upload of {rels[0]} and {len(rels) - 1} more failed: {exc}") from exc
 

@@ -17,6 +17,7 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class TrainArgs:
     params: dict = field(default_factory=dict)  # trigger-time overrides of model.params
     train_overrides: dict = field(default_factory=dict)  # e.g. {"max_steps": 200, "batch_size": 32}
     models_dir: str | None = None  # the pipeline's models/ folder: where train.warm_start looks
+    on_checkpoint: Callable[[], None] | None = None  # called after each evaluation's checkpoint is written
 
 
 def effective_config(loaded: LoadedSpec, params: dict, train_overrides: dict) -> tuple[dict, TrainSpec]:
@@ -66,7 +68,8 @@ def run(args: TrainArgs) -> dict:
             "train": train.model_dump(),
             "build_fn": loaded.spec.model.build_fn,
             "build_fn_source": _build_fn_source_hash(loaded),
-            "warm_start_from": warm_start_from,
+            # The version, not its path: a copy of a remote root sits in a new folder per task.
+            "warm_start_from": Path(warm_start_from).name if warm_start_from else None,
         }
     )
     reused = artifacts.reusable_result(step_dir, fp)
@@ -74,7 +77,9 @@ def run(args: TrainArgs) -> dict:
         log.info("Training for %s is complete and current; reusing %s", loaded.spec.name, step_dir)
         return reused
     _verify_examples(args.preprocess)
-    return _Trainer(loaded, params, train, args.preprocess, step_dir, fp, warm_start_from).fit(started)
+    trainer = _Trainer(loaded, params, train, args.preprocess, step_dir, fp, warm_start_from)
+    trainer.on_checkpoint = args.on_checkpoint
+    return trainer.fit(started)
 
 
 def _warm_start_source(train: TrainSpec, models_dir: str | None) -> str | None:
@@ -104,6 +109,8 @@ def _verify_examples(preprocess: dict) -> None:
 
 
 class _Trainer:
+    on_checkpoint: Callable[[], None] | None = None
+
     def __init__(
         self,
         loaded: LoadedSpec,
@@ -237,6 +244,8 @@ class _Trainer:
                     tf.summary.scalar(name, value)
             writer.flush()
             report.write_report(self.step_dir.parent, self.loaded.spec)  # the curves so far
+            if self.on_checkpoint is not None:
+                self.on_checkpoint()  # e.g. publish it to a remote artifact root
             elapsed = time.time() - fit_started
             rate = (step - steps_at_start) / max(elapsed, 1e-9)
             eta = (train.max_steps - step) / rate if rate > 0 else float("nan")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from contrail import artifacts, config
+from contrail import artifacts, config, storage
 from contrail.errors import ContrailError, SpecError
 from contrail_airflow.assets import model_asset, promotion_alias, tfrecords_asset
 from contrail_airflow.report_plugin import RunReportLink
@@ -26,7 +26,12 @@ RESERVED_PARAMS = ("max_steps", "batch_size", "force_promote", "data_source")
 
 
 class _ContrailOperator(BaseOperator):
-    """Shared plumbing: where this run's artifacts live, and what the trigger overrode."""
+    """Shared plumbing: where this run's artifacts live, and what the trigger overrode.
+
+    `execute` opens the task's workspace (the artifact root, or a local copy of a remote one:
+    `contrail.storage`), maps the upstream results onto it, pulls what `pull_inputs` names,
+    runs the step (`run_step`), pushes what it wrote and returns the result with remote paths.
+    """
 
     template_fields: tuple[str, ...] = ("spec_path",)
     ui_color = "#e8f1fb"
@@ -36,11 +41,56 @@ class _ContrailOperator(BaseOperator):
         self.spec_path = spec_path
         self.pipeline = pipeline
 
+    def execute(self, context: Context) -> Any:
+        with storage.Workspace(config.artifact_location(), config.scratch_dir()) as workspace:
+            self.workspace = workspace
+            if workspace.remote:
+                for name in self.template_fields:
+                    setattr(self, name, workspace.to_local(getattr(self, name)))
+                # The run's own records (manifests, histories, events): what the report reads.
+                self.pull(self.run_rel(context), include=("*.json", "*.jsonl"))
+                self.pull_inputs(context)
+            result = self.run_step(context)
+            workspace.push()
+            return workspace.to_remote(result)
+
+    def pull_inputs(self, context: Context) -> None:
+        """Copy what the step reads from a remote root (called for remote roots only)."""
+
+    def run_step(self, context: Context) -> Any:
+        raise NotImplementedError
+
+    def pull(self, rel: str, include: tuple[str, ...] = ()) -> None:
+        """Pull `rel`, relative to this pipeline's folder."""
+        self.workspace.pull(f"{self.pipeline}/{rel}", include)
+
+    def run_rel(self, context: Context, step: str | None = None) -> str:
+        rel = f"runs/{artifacts.run_key(context['run_id'])}"
+        return f"{rel}/{step}" if step else rel
+
+    def pull_models(self, *versions: int | None) -> int | None:
+        """Pull `models/production.json` and the given versions; returns production's version."""
+        from contrail import serving
+
+        self.pull("models/production.json")
+        production = serving.production_version(self.paths().base)
+        for version in {v for v in versions if v is not None}:
+            self.pull(f"models/{int(version)}")
+        return production
+
     def paths(self) -> artifacts.PipelinePaths:
-        return artifacts.PipelinePaths(config.artifact_root(), self.pipeline)
+        return artifacts.PipelinePaths(self.workspace.root, self.pipeline)
 
     def step_dir(self, context: Context, step: str) -> str:
         return str(self.paths().step(artifacts.run_key(context["run_id"]), step))
+
+    def cache_dir(self) -> str:
+        """`<pipeline>/cache`; for a remote root, a folder of this worker's: its file hashes are
+        keyed by local inodes, and its step pointers name local copies."""
+        if not self.workspace.remote:
+            return str(self.paths().base / "cache")
+        key = artifacts.fingerprint({"root": self.workspace.location})[:12]
+        return str(config.scratch_dir() / "contrail-cache" / key / self.pipeline)
 
     @staticmethod
     def overrides(context: Context) -> dict[str, Any]:
@@ -97,10 +147,15 @@ class PreprocessOperator(_ContrailOperator):
         source = resolve_source(self, context, self.source)
         self.log.info("Preprocessing %s from %s", self.pipeline, source)
         return preprocess.PreprocessArgs(
-            self.spec_path, source, self.step_dir(context, preprocess.STEP), cache_dir=str(self.paths().base / "cache")
+            self.spec_path, source, self.step_dir(context, preprocess.STEP), cache_dir=self.cache_dir()
         )
 
-    def execute(self, context: Context) -> dict:
+    def pull_inputs(self, context: Context) -> None:
+        self.pull(self.run_rel(context, "preprocess"))
+        if self.parts is not None:
+            self.pull(self.run_rel(context, "preprocess-parts"))
+
+    def run_step(self, context: Context) -> dict:
         import dataclasses
 
         from contrail import preprocess
@@ -114,7 +169,7 @@ class PreprocessOperator(_ContrailOperator):
         # The TFRecords asset's event (emitted on success) says which files this run published.
         context["outlet_events"][tfrecords_asset(self.pipeline)].extra = {
             "run_id": context["run_id"],
-            "step_dir": result["step_dir"],
+            "step_dir": self.workspace.to_remote(result["step_dir"]),
             "fingerprint": result["fingerprint"],
         }
         return self.record(context, preprocess.STEP, result, started)
@@ -130,7 +185,10 @@ class PreprocessPlanOperator(PreprocessOperator):
         super().__init__(**kwargs)
         self.parallelism = parallelism
 
-    def execute(self, context: Context) -> list[dict]:
+    def pull_inputs(self, context: Context) -> None:
+        self.pull(self.run_rel(context, "preprocess"))
+
+    def run_step(self, context: Context) -> list[dict]:
         from contrail import preprocess
 
         groups = preprocess.plan(self.args(context), self.parallelism)
@@ -152,7 +210,11 @@ class PreprocessPartOperator(_ContrailOperator):
         super().__init__(**kwargs)
         self.group = group
 
-    def execute(self, context: Context) -> dict:
+    def pull_inputs(self, context: Context) -> None:
+        part_dir = Path(_require_dict(self.group, "preprocess_plan")["part_dir"])
+        self.pull(str(part_dir.relative_to(self.paths().base)))
+
+    def run_step(self, context: Context) -> dict:
         from contrail import preprocess
 
         return preprocess.run_part(preprocess.PartArgs(**_require_dict(self.group, "preprocess_plan")))
@@ -173,7 +235,15 @@ class TrainOperator(_ContrailOperator):
         super().__init__(**kwargs)
         self.preprocess = preprocess
 
-    def execute(self, context: Context) -> dict:
+    def pull_inputs(self, context: Context) -> None:
+        from contrail.spec import load_spec
+
+        self.pull(self.run_rel(context, "preprocess"))
+        self.pull(self.run_rel(context, "train"))  # the checkpoints a retry resumes from
+        if load_spec(self.spec_path, check_build_fn=False).spec.train.warm_start:
+            self.pull_models(self.pull_models())
+
+    def run_step(self, context: Context) -> dict:
         from contrail import train
 
         started = time.time()
@@ -185,6 +255,8 @@ class TrainOperator(_ContrailOperator):
             params=overrides["model"],
             train_overrides=overrides["train"],
             models_dir=str(self.paths().models),
+            # A remote root gets every checkpoint as it is written: a retry elsewhere resumes.
+            on_checkpoint=self.workspace.push if self.workspace.remote else None,
         )
         return self.record(context, train.STEP, train.run(args), started)
 
@@ -203,7 +275,11 @@ class SelectBestOperator(_ContrailOperator):
         super().__init__(**kwargs)
         self.train = train
 
-    def execute(self, context: Context) -> dict:
+    def pull_inputs(self, context: Context) -> None:
+        self.pull(self.run_rel(context, "train"))
+        self.pull(self.run_rel(context, "select_best"))
+
+    def run_step(self, context: Context) -> dict:
         from contrail import select_best
 
         started = time.time()
@@ -227,12 +303,32 @@ class ExportOperator(_ContrailOperator):
     operator_extra_links = (RunReportLink(),)
 
     def __init__(self, *, preprocess: Any, train: Any, best: Any, **kwargs: Any) -> None:
+        # One export of a pipeline at a time, whatever the run: the scheduler serializes the
+        # version numbering and the production read-compare-write on any artifact root (an
+        # object store has no lock; fcntl still guards a POSIX root outside Airflow).
+        kwargs.setdefault("max_active_tis_per_dag", 1)
         super().__init__(**kwargs)
         self.preprocess = preprocess
         self.train = train
         self.best = best
 
-    def execute(self, context: Context) -> dict:
+    def pull_inputs(self, context: Context) -> None:
+        from contrail import serving
+
+        for step in ("preprocess", "train", "select_best", "export"):
+            self.pull(self.run_rel(context, step))
+        # Every version's record (to find one this run already published), then production's
+        # model and this run's.
+        self.pull("models", include=("production.json", f"*/{serving.INFO_FILE}"))
+        key = artifacts.run_key(context["run_id"])
+        mine = [
+            int(p.parent.name)
+            for p in self.paths().models.glob(f"*/{serving.INFO_FILE}")
+            if p.parent.name.isdigit() and artifacts.read_json(p).get("run_key") == key
+        ]
+        self.pull_models(self.pull_models(), *mine)
+
+    def run_step(self, context: Context) -> dict:
         from contrail import export
 
         started = time.time()
@@ -256,7 +352,11 @@ class ExportOperator(_ContrailOperator):
             # again: scoring twice is harmless, a promotion nobody scores is not.
             context["outlet_events"][promotion_alias(self.pipeline)].add(
                 model_asset(self.pipeline),
-                extra={"version": result["version"], "model_dir": result["model_dir"], "run_id": context["run_id"]},
+                extra={
+                    "version": result["version"],
+                    "model_dir": self.workspace.to_remote(result["model_dir"]),
+                    "run_id": context["run_id"],
+                },
             )
         return self.record(context, export.STEP, result, started)
 
@@ -285,7 +385,14 @@ class BatchInferenceOperator(_ContrailOperator):
         self.part = part
         self.parts = parts
 
-    def execute(self, context: Context) -> dict:
+    def pull_inputs(self, context: Context) -> None:
+        from contrail import inference
+
+        part = inference.part_dir(Path(self.step_dir(context, inference.STEP)), self.part, self.parts)
+        self.pull(str(part.relative_to(self.paths().base)))
+        self.pull_models(self.model_version(context) or self.pull_models())
+
+    def run_step(self, context: Context) -> dict:
         from contrail import inference
 
         started = time.time()

@@ -51,7 +51,7 @@ def create_app():
     from fastapi import Depends, FastAPI, HTTPException
     from fastapi.responses import HTMLResponse
 
-    from contrail import artifacts, config
+    from contrail import artifacts, config, storage
     from contrail.report import REPORT
     from contrail.spec import is_valid_name
 
@@ -65,9 +65,10 @@ def create_app():
     def run_report(dag_id: str, run_id: str) -> HTMLResponse:
         if not is_valid_name(dag_id):
             raise HTTPException(404, f"no Contrail pipeline {dag_id!r}")
-        path = config.artifact_root() / dag_id / "runs" / artifacts.run_key(run_id) / REPORT
-        if not path.is_file():
-            raise HTTPException(404, f"run {run_id!r} of {dag_id!r} has no report yet ({path})")
-        return HTMLResponse(path.read_text(encoding="utf-8"))
+        rel = f"{dag_id}/runs/{artifacts.run_key(run_id)}/{REPORT}"
+        html = storage.read_text(config.artifact_location(), rel)
+        if html is None:
+            raise HTTPException(404, f"run {run_id!r} of {dag_id!r} has no report yet ({rel})")
+        return HTMLResponse(html)
 
     return app

@@ -107,12 +107,12 @@ def _run_dir(cluster: AirflowCluster, run_id: str) -> Path:
 
 
 def _snapshot(directory: Path) -> dict[str, str]:
-    """Every file's sha256 except the run's append-only event log and its report (a view,
-    rebuilt with the time and the latest executions)."""
+    """Every file's sha256 except the run's event log (it grows with each execution) and its
+    report (a view, rebuilt with the time and the latest executions)."""
     return {
         str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name not in ("events.jsonl", "report.html")
+        if p.is_file() and p.name != "report.html" and artifacts.EVENTS not in p.relative_to(directory).parts
     }
 
 

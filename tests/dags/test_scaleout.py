@@ -151,7 +151,7 @@ def test_a_worker_killed_mid_task_is_retried_on_the_other_worker(cluster):
     final = read_history(train_dir / "history.jsonl")
     assert killed_at < len(final)
     assert [r["eval_index"] for r in final] == list(range(1, len(final) + 1))  # no gap, no duplicate
-    exports = [json.loads(line) for line in (train_dir.parent / "events.jsonl").read_text().splitlines()]
+    exports = artifacts.read_events(train_dir.parent)
     assert [e["step"] for e in exports].count("export") == 1
     versions = [p for p in (cluster.shared / "artifacts" / "slow" / "models").iterdir() if p.name.isdigit()]
     assert len(versions) == 1

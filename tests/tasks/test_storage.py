@@ -30,8 +30,12 @@ def _committed_step(step_dir: Path, files: dict[str, bytes]) -> None:
 def _order(ws: storage.Workspace) -> list[tuple[str, list[str]]]:
     """Record every upload and delete the workspace makes, in order, as paths below the root."""
     calls: list[tuple[str, list[str]]] = []
-    put, rm = ws.fs.put, ws.fs.rm
+    put, pipe, rm = ws.fs.put, ws.fs.pipe_file, ws.fs.rm
     cut = len(ws.remote_path("")) + 1
+
+    def recording_pipe(rpath, data, **kw):
+        calls.append(("put", [rpath[cut:]]))
+        return pipe(rpath, data, **kw)
 
     def recording_put(lpaths, rpaths, **kw):
         calls.append(("put", [r[cut:] for r in rpaths]))
@@ -41,7 +45,7 @@ def _order(ws: storage.Workspace) -> list[tuple[str, list[str]]]:
         calls.append(("rm", [p[cut:] for p in paths]))
         return rm(paths, **kw)
 
-    ws.fs.put, ws.fs.rm = recording_put, recording_rm
+    ws.fs.put, ws.fs.pipe_file, ws.fs.rm = recording_put, recording_pipe, recording_rm
     return calls
 
 
@@ -68,14 +72,20 @@ def test_a_step_round_trips_through_s3_with_paths_as_uris(s3, tmp_path):
         "files": [f"{uri}/p/runs/r1/preprocess/{n}" for n in ("a.bin", "b.json")],
     }
 
+    # The records name the remote root, never the folder of the worker that wrote them.
+    remote_manifest = json.loads(s3.filesystem().cat_file(f"{uri}/p/runs/r1/preprocess/manifest.json"))
+    assert remote_manifest["result"] == result
+
     with storage.Workspace(uri, scratch=tmp_path) as other:
         local = other.to_local(result)
         assert local["step_dir"] == str(other.root / "p/runs/r1/preprocess")
         assert other.pull("p/runs/r1", include=["*.json"]) == 2  # manifest and b.json only
         assert not Path(local["files"][0]).exists()
-        assert other.pull("p/runs/r1/preprocess") == 3
+        assert other.pull("p/runs/r1/preprocess") == 1  # the two records it has are not copied again
         assert Path(local["files"][0]).read_bytes() == b"x" * 1000
-        assert artifacts.reusable_result(Path(local["step_dir"]), "fp") is not None
+        reused = artifacts.reusable_result(Path(local["step_dir"]), "fp")
+        assert reused is not None and reused["files"] == local["files"]
+        assert other.push() == {"uploaded": 0, "deleted": 0}  # what was pulled is not sent back
 
 
 def test_markers_go_last_and_pointers_after_what_they_point_to(s3, tmp_path):
@@ -136,11 +146,11 @@ def test_an_interrupted_push_leaves_nothing_a_reader_would_take_as_committed(s3,
         real_upload = ws._upload
         uploads = []
 
-        def dies_before_the_marker(rels):
+        def dies_before_the_marker(rels, records=False):
             uploads.append(rels)
             if any(r.endswith("manifest.json") for r in rels):
                 raise StorageError("network gone")
-            real_upload(rels)
+            real_upload(rels, records)
 
         monkeypatch.setattr(ws, "_upload", dies_before_the_marker)
         with pytest.raises(StorageError, match="network gone"):
@@ -170,3 +180,13 @@ def test_a_missing_bucket_is_named(s3, tmp_path):
         (ws.root / "f.txt").write_text("x")
         with pytest.raises(StorageError, match=r"s3://contrail-no-such-bucket/root: upload of f.txt .*failed"):
             ws.push()
+
+
+def test_a_dead_tasks_copy_is_removed_by_the_next_task(s3, tmp_path):
+    abandoned = tmp_path / f"{storage.WORKSPACE_PREFIX}999999999-x"  # above any pid_max: no such process
+    abandoned.mkdir()
+    with storage.Workspace(f"s3://{s3.new_bucket()}/r", scratch=tmp_path) as ws:
+        alive = ws._tmp
+        assert not abandoned.exists()
+        with storage.Workspace(f"s3://{s3.new_bucket()}/r", scratch=tmp_path):
+            assert alive.exists()  # ours: this pid is alive
