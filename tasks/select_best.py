@@ -46,7 +46,8 @@ def run(args: SelectBestArgs) -> dict:
         raise TrainingError(
             f"{checkpoint}: expected the selected checkpoint (evaluation {choice['eval_index']}) to exist, found none"
         )
-    best = {**choice, "checkpoint": str(checkpoint)}
+    # In the record, the checkpoint relative to the run's folder: true wherever the run is read.
+    best = {**choice, "checkpoint": str(checkpoint.relative_to(Path(args.train["step_dir"]).parent))}
     with artifacts.staged_dir(step_dir) as staging:
         artifacts.write_json_atomic(staging / BEST, best)
         result = {

@@ -26,13 +26,14 @@ so operators are written once for both.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,9 @@ def filesystem(location: str):
     import fsspec
 
     try:
-        fs, root = fsspec.core.url_to_fs(location, **storage_options())
+        # Fresh listings always: another worker may have published since this process looked.
+        options = {"use_listings_cache": False, "skip_instance_cache": True, **storage_options()}
+        fs, root = fsspec.core.url_to_fs(location, **options)
     except (ImportError, ValueError) as exc:
         raise StorageError(
             f"CONTRAIL_ARTIFACT_ROOT={location!r}: no fsspec file system for this URI ({exc}); "
@@ -133,6 +136,7 @@ class Workspace:
         self.remote = is_remote(location)
         self._snapshot: dict[str, tuple[int, int, int]] = {}  # what the remote holds, as copied here
         self._remote_sizes: dict[str, int] = {}
+        self._aliases: list[tuple[Path, Path]] = []
         if not self.remote:
             self.root = Path(location.removeprefix("file://")).resolve()
             self._tmp = None
@@ -141,6 +145,7 @@ class Workspace:
         scratch = Path(scratch or tempfile.gettempdir())
         scratch.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(scratch)
+        self._scratch = scratch
         self._tmp = Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-", dir=scratch))
         self.root = self._tmp / "root"
         self.root.mkdir()
@@ -151,8 +156,27 @@ class Workspace:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def stable_alias(self, folder: Path, name: str) -> Path:
+        """A path that names `folder` (in this copy) and is the same for every copy made for
+        `name` on any worker with the same scratch folder: a symbolic link, replaced atomically,
+        removed with the copy. For readers that write the names of the files they read into
+        their own state (tf.data's iterator checkpoints do)."""
+        link = self._scratch / "contrail-aliases" / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".{name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        os.symlink(folder, tmp)
+        os.replace(tmp, link)
+        self._aliases.append((link, folder))
+        return link
+
     def close(self) -> None:
-        """Remove the local copy (a remote root's only)."""
+        """Remove the local copy (a remote root's only) and its aliases."""
+        for link, folder in self._aliases:
+            with contextlib.suppress(OSError):
+                if os.readlink(link) == str(folder):  # not yet taken over by a newer attempt
+                    link.unlink()
+        self._aliases = []
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
@@ -171,17 +195,7 @@ class Workspace:
         return self._translate(value, self.location, str(self.root))
 
     def _translate(self, value: Any, old: str, new: str) -> Any:
-        if not self.remote:
-            return value
-        if isinstance(value, str):
-            if value == old:
-                return new
-            return new + value[len(old) :] if value.startswith(old + "/") else value
-        if isinstance(value, list | tuple):
-            return type(value)(self._translate(v, old, new) for v in value)
-        if isinstance(value, dict):
-            return {k: self._translate(v, old, new) for k, v in value.items()}
-        return value
+        return rebase(value, old, new) if self.remote else value
 
     # -- transfers ----------------------------------------------------------------------------
 
@@ -322,3 +336,16 @@ class Workspace:
             raise StorageError(f"{self.location}: deleting {rels[0]} and {len(rels) - 1} more failed: {exc}") from exc
         for rel in rels:
             self._snapshot.pop(rel, None)
+
+
+def rebase(value: Any, old: str, new: str) -> Any:
+    """`value` (strings, lists, mappings) with every path under `old` moved under `new`."""
+    if isinstance(value, str):
+        if value == old:
+            return new
+        return new + value[len(old) :] if value.startswith(old + "/") else value
+    if isinstance(value, Mapping):
+        return {k: rebase(v, old, new) for k, v in value.items()}
+    if isinstance(value, Sequence | Iterator) and not isinstance(value, bytes):
+        return [rebase(v, old, new) for v in value]  # also Airflow's lazy XCom sequences
+    return value

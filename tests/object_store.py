@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -25,7 +26,8 @@ def _free_port() -> int:
 class S3Server:
     """`with S3Server() as s3:` starts the endpoint; `s3.env` is what a client process needs."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_path: str | None = None) -> None:
+        self.log_path = log_path or os.path.join(tempfile.gettempdir(), f"contrail-moto-{os.getpid()}.log")
         self.port = _free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.env = {
@@ -39,8 +41,8 @@ class S3Server:
     def __enter__(self) -> S3Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=open(self.log_path, "wb"),  # every request, for a failing test's post-mortem
+            stderr=subprocess.STDOUT,
         )
         deadline = time.time() + 30
         while True:
@@ -65,6 +67,7 @@ class S3Server:
             secret=self.env["AWS_SECRET_ACCESS_KEY"],
             endpoint_url=self.endpoint,
             skip_instance_cache=True,
+            use_listings_cache=False,  # the tests read what other processes just wrote
         )
 
     def new_bucket(self) -> str:

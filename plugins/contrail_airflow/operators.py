@@ -242,6 +242,14 @@ class TrainOperator(_ContrailOperator):
         self.pull(self.run_rel(context, "train"))  # the checkpoints a retry resumes from
         if load_spec(self.spec_path, check_build_fn=False).spec.train.warm_start:
             self.pull_models(self.pull_models())
+        # Each checkpoint holds the tf.data iterator's position, file names included: every
+        # attempt reads the TFRecords under one name, whichever copy (or worker) it runs in.
+        examples = self.preprocess["step_dir"]
+        name = artifacts.fingerprint(
+            {"root": self.workspace.location, "pipeline": self.pipeline, "run": context["run_id"]}
+        )
+        alias = self.workspace.stable_alias(Path(examples), f"{self.pipeline}-train-examples-{name[:16]}")
+        self.preprocess = storage.rebase(self.preprocess, examples, str(alias))
 
     def run_step(self, context: Context) -> dict:
         from contrail import train
