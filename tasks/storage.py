@@ -96,6 +96,24 @@ def read_text(location: str, rel: str) -> str | None:
 
 
 WORKSPACE_PREFIX = "contrail-workspace-"
+# A fixed path, not under the scratch folder (TMPDIR and CONTRAIL_SCRATCH_DIR differ between
+# workers), so that every worker names an alias alike.
+ALIASES = Path("/tmp/contrail-aliases")
+
+
+def _alias_dir(scratch: Path) -> Path:
+    try:
+        if not ALIASES.is_dir():
+            ALIASES.mkdir(parents=True, exist_ok=True)
+            os.chmod(ALIASES, 0o1777)  # shared by the users of the machine, like /tmp
+        if os.access(ALIASES, os.W_OK):
+            return ALIASES
+    except OSError:
+        pass
+    log.warning("%s is not writable: aliases go under %s, which every worker must share", ALIASES, scratch)
+    fallback = scratch / "contrail-aliases"
+    fallback.mkdir(parents=True, exist_ok=True)
+    return fallback
 
 
 def _remove_abandoned(scratch: Path) -> None:
@@ -158,11 +176,10 @@ class Workspace:
 
     def stable_alias(self, folder: Path, name: str) -> Path:
         """A path that names `folder` (in this copy) and is the same for every copy made for
-        `name` on any worker with the same scratch folder: a symbolic link, replaced atomically,
-        removed with the copy. For readers that write the names of the files they read into
+        `name` on any worker: a symbolic link in `ALIASES`, replaced atomically, removed with
+        the copy. For readers that write the names of the files they read into
         their own state (tf.data's iterator checkpoints do)."""
-        link = self._scratch / "contrail-aliases" / name
-        link.parent.mkdir(parents=True, exist_ok=True)
+        link = _alias_dir(self._scratch) / name
         tmp = link.with_name(f".{name}.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)
         os.symlink(folder, tmp)
