@@ -33,7 +33,9 @@ def test_airflow_services_share_one_image_the_scaleout_mode_and_the_artifact_vol
         assert env["CONTRAIL_MODE"] == "scaleout"
         # The shared volume unless the deployment names an object store.
         assert env["CONTRAIL_ARTIFACT_ROOT"] == "${CONTRAIL_ARTIFACT_ROOT:-file:///shared/artifacts}"
-        assert {"CONTRAIL_STORAGE_OPTIONS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= set(env)
+        assert {"CONTRAIL_STORAGE_OPTIONS", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= set(
+            env
+        )
         assert "artifacts:/shared/artifacts" in service["volumes"] and "data:/shared/data" in service["volumes"]
         settings = airflow_settings(env)
         assert settings["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
