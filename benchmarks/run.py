@@ -19,8 +19,9 @@ Sections:
   parse      importing the DAG folder with 20 specs (no TensorFlow).
   e2e        the demo pipeline (penguins) end to end through a real Airflow, trigger to success:
              the scale-out mode (PostgreSQL, CeleryExecutor on Redis, two workers) vs the
-             embedded mode (SQLite, LocalExecutor). Not in the default set: it needs the
-             machine's PostgreSQL and Redis (CONTRAIL_TEST_POSTGRES_URL, CONTRAIL_TEST_REDIS_URL).
+             embedded mode (SQLite, LocalExecutor), and the embedded mode with the artifact root
+             on S3 (moto's server on loopback) vs on local disk. Not in the default set: it needs
+             the machine's PostgreSQL and Redis (CONTRAIL_TEST_POSTGRES_URL, CONTRAIL_TEST_REDIS_URL).
 
 Prints a table and writes benchmarks/results.json. Timings are medians of `--repeat` runs.
 """
@@ -28,6 +29,7 @@ Prints a table and writes benchmarks/results.json. Timings are medians of `--rep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -446,18 +448,30 @@ def bench_parse(work: Path, repeat: int) -> None:
 def bench_e2e(work: Path, repeat: int) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from airflow_cluster import AirflowCluster
+    from object_store import S3Server
 
     from contrail.demo import write_penguins
 
     redis_url = os.environ.get("CONTRAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379") + "/14"
     timings = {}
-    for mode in ("embedded", "scaleout"):
+    # embedded: SQLite + LocalExecutor, artifacts on local disk; scaleout: PostgreSQL + Celery
+    # (two workers) on Redis; s3: embedded, with the artifact root on S3 (moto's server, loopback).
+    for mode in ("embedded", "scaleout", "s3"):
         home = work / f"e2e-{mode}"
         write_penguins(home / "data")
-        cluster = AirflowCluster(home, database="postgres" if mode == "scaleout" else "sqlite")
-        if mode == "scaleout":
-            cluster.use_scaleout(redis_url)
-        try:
+        with contextlib.ExitStack() as stack:
+            env = {}
+            if mode == "s3":
+                s3 = stack.enter_context(S3Server())
+                env = {
+                    **s3.env,
+                    "CONTRAIL_ARTIFACT_ROOT": f"s3://{s3.new_bucket()}/artifacts",
+                    "CONTRAIL_SCRATCH_DIR": str(home / "scratch"),
+                }
+            cluster = AirflowCluster(home, database="postgres" if mode == "scaleout" else "sqlite", **env)
+            if mode == "scaleout":
+                cluster.use_scaleout(redis_url)
+            stack.callback(cluster.stop)
             cluster.start()
             if mode == "scaleout":
                 for name in ("worker-a", "worker-b"):
@@ -472,16 +486,8 @@ def bench_e2e(work: Path, repeat: int) -> None:
                 times.append(time.perf_counter() - started)
             timings[mode] = statistics.median(times)
             print(f"e2e        {mode:9s} penguins trigger -> success: {timings[mode]:.1f} s (runs: {times})")
-        finally:
-            cluster.stop()
-    record(
-        "e2e",
-        "scale-out: penguins run, trigger to success",
-        timings["scaleout"],
-        "embedded: penguins run",
-        timings["embedded"],
-        "s",
-    )
+    for mode, what in (("scaleout", "scale-out (Celery, PostgreSQL)"), ("s3", "artifact root on S3")):
+        record("e2e", f"{what}: penguins run, trigger to success", timings[mode], "embedded", timings["embedded"], "s")
 
 
 def main() -> int:

@@ -166,3 +166,21 @@ def test_a_cleared_run_reuses_every_step_from_the_bucket(run):
     assert all(e["reused"] for e in events), events
     versions = {p.rsplit("/", 2)[-2] for p in fs.glob(f"{run['uri']}/penguins/models/*/contrail.json")}
     assert versions == {"1"}  # nothing published twice
+
+
+def test_the_summary_command_reads_the_run_from_the_bucket(run, tmp_path):
+    out = tmp_path / "summary.json"
+    env = {**run["cluster"].env}
+    proc = subprocess.run(
+        [sys.executable, "-m", "contrail.cli", "summary", "penguins", RUN_ID, "--output", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["model"] == {"dir": f"{run['uri']}/penguins/models/1", "version": 1}
+    assert summary["predictions"]["rows"] == 344
+    assert all(p.startswith(run["run"]) for p in summary["predictions"]["paths"])
+    assert f"export       version 1 at {run['uri']}/penguins/models/1" in proc.stdout
