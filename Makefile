@@ -54,6 +54,7 @@ format: $(STAMP)
 	$(ENV) ruff check --fix .
 
 lock: $(STAMP)
+	$(VENV)/bin/python -m pip check  # a set pip cannot install fresh must not be frozen
 	(echo "# The exact, tested dependency set (Python 3.11, Linux x86_64). Regenerate with: make lock"; \
 	 $(VENV)/bin/pip freeze --exclude-editable | grep -v -i '^contrail') > requirements.lock
 
