@@ -198,10 +198,10 @@ def record_event(run_dir: Path, event: Mapping[str, Any]) -> None:
     tasks, a retry beside its orphan) never touch the same file, on a POSIX folder or on an
     object store, where nothing can be appended to.
     """
-    now = time.time()
+    now = time.time_ns()
     folder = run_dir / EVENTS
     folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json", {"time": now, **event})
+    write_json_atomic(folder / f"{now:020d}-{uuid.uuid4().hex[:8]}.json", {"time": now / 1e9, **event})
 
 
 def read_events(run_dir: Path) -> list[dict]:

@@ -27,18 +27,6 @@ def artifact_location() -> str:
     return os.environ.get("CONTRAIL_ARTIFACT_ROOT") or str(project_root() / "artifacts")
 
 
-def artifact_root() -> Path:
-    """The artifact root as a local folder; for a remote root, use `storage.Workspace`."""
-    from contrail.storage import is_remote
-
-    location = artifact_location()
-    if is_remote(location):
-        from contrail.errors import StorageError
-
-        raise StorageError(f"CONTRAIL_ARTIFACT_ROOT={location!r} is not a local folder; read it through a workspace")
-    return Path(location.removeprefix("file://")).resolve()
-
-
 def scratch_dir() -> Path:
     """`CONTRAIL_SCRATCH_DIR`, else the system's temporary folder: where a task copies what it
     needs from a remote artifact root (removed when the task ends)."""

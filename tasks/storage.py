@@ -20,8 +20,8 @@ Paths in XCom are remote URIs (`to_remote`); a task maps its inputs onto its cop
 `to_local`. Paths inside the records a step writes (commit markers, `production.json`, events,
 the report) are rewritten the same way on the way up and back down, so the remote root never
 names a worker's folder. Files a manifest lists are sent as they are: their sizes and hashes
-are part of the commit. For a local root the workspace is the root itself and every method is a no-op,
-so operators are written once for both.
+are part of the commit. For a local root the workspace is the root itself and every method is
+a no-op, so operators are written once for both.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import fnmatch
 import json
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -83,10 +84,15 @@ def filesystem(location: str):
     return fs, root.rstrip("/")
 
 
+def local_root(location: str) -> Path:
+    """The folder a local root (a path or a `file://` URI) names."""
+    return Path(location.removeprefix("file://")).resolve()
+
+
 def read_text(location: str, rel: str) -> str | None:
     """The text of `rel` under the artifact root `location`, local or remote; None if absent."""
     if not is_remote(location):
-        path = Path(location.removeprefix("file://")) / rel
+        path = local_root(location) / rel
         return path.read_text(encoding="utf-8") if path.is_file() else None
     fs, root = filesystem(location)
     try:
@@ -156,7 +162,7 @@ class Workspace:
         self._remote_sizes: dict[str, int] = {}
         self._aliases: list[tuple[Path, Path]] = []
         if not self.remote:
-            self.root = Path(location.removeprefix("file://")).resolve()
+            self.root = local_root(location)
             self._tmp = None
             return
         self.fs, self._remote_root = filesystem(location)
@@ -285,17 +291,16 @@ class Workspace:
         removed = sorted(r for r in self._snapshot if r not in current)
         if not changed and not removed:
             return {"uploaded": 0, "deleted": 0}
-        units = {str(p.parent.relative_to(self.root)) for p in self.root.rglob("*") if p.name in COMMIT_MARKERS}
-        units |= {r.rsplit("/", 1)[0] for r in self._snapshot if r.rsplit("/", 1)[-1] in COMMIT_MARKERS}
+        units = {posixpath.dirname(r) for r in [*current, *self._snapshot] if posixpath.basename(r) in COMMIT_MARKERS}
 
         def unit_of(rel: str) -> str | None:
-            parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
-            while True:
-                if parent in units:
-                    return parent
+            """The nearest folder above `rel` that holds (or held) a commit marker."""
+            parent = posixpath.dirname(rel)
+            while parent not in units:
                 if not parent:
                     return None
-                parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
+                parent = posixpath.dirname(parent)
+            return parent
 
         touched = {unit_of(r) for r in changed + removed} - {None}
         # 1. Uncommit every committed folder about to change, then 2. delete what is gone.
@@ -314,8 +319,8 @@ class Workspace:
                 by_depth.setdefault(unit.count("/") + bool(unit), []).append(rel)
         for depth in sorted(by_depth, reverse=True):
             files = by_depth[depth]
-            self._upload([r for r in files if r.rsplit("/", 1)[-1] not in COMMIT_MARKERS])
-            self._upload([r for r in files if r.rsplit("/", 1)[-1] in COMMIT_MARKERS], records=True)
+            self._upload([r for r in files if posixpath.basename(r) not in COMMIT_MARKERS])
+            self._upload([r for r in files if posixpath.basename(r) in COMMIT_MARKERS], records=True)
         self._upload(loose, records=True)
         self._snapshot = dict(current)
         for rel in changed + removed:

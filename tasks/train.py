@@ -77,8 +77,7 @@ def run(args: TrainArgs) -> dict:
         log.info("Training for %s is complete and current; reusing %s", loaded.spec.name, step_dir)
         return reused
     _verify_examples(args.preprocess)
-    trainer = _Trainer(loaded, params, train, args.preprocess, step_dir, fp, warm_start_from)
-    trainer.on_checkpoint = args.on_checkpoint
+    trainer = _Trainer(loaded, params, train, args.preprocess, step_dir, fp, warm_start_from, args.on_checkpoint)
     return trainer.fit(started)
 
 
@@ -109,8 +108,6 @@ def _verify_examples(preprocess: dict) -> None:
 
 
 class _Trainer:
-    on_checkpoint: Callable[[], None] | None = None
-
     def __init__(
         self,
         loaded: LoadedSpec,
@@ -120,9 +117,11 @@ class _Trainer:
         step_dir: Path,
         fp: str,
         warm_start_from: str | None = None,
+        on_checkpoint: Callable[[], None] | None = None,
     ):
         self.loaded, self.params, self.train, self.preprocess = loaded, params, train, preprocess
         self.step_dir, self.fp, self.warm_start_from = step_dir, fp, warm_start_from
+        self.on_checkpoint = on_checkpoint
         self.ckpt_root = step_dir / CHECKPOINTS
         self.schema = artifacts.read_json(Path(preprocess["schema"]))
 

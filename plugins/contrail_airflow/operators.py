@@ -68,15 +68,15 @@ class _ContrailOperator(BaseOperator):
         rel = f"runs/{artifacts.run_key(context['run_id'])}"
         return f"{rel}/{step}" if step else rel
 
-    def pull_models(self, *versions: int | None) -> int | None:
-        """Pull `models/production.json` and the given versions; returns production's version."""
+    def pull_models(self, *versions: int | None) -> None:
+        """Pull `models/production.json` and the given model versions; None stands for the
+        version production names (if any)."""
         from contrail import serving
 
         self.pull("models/production.json")
         production = serving.production_version(self.paths().base)
-        for version in {v for v in versions if v is not None}:
+        for version in {production if v is None else v for v in versions} - {None}:
             self.pull(f"models/{int(version)}")
-        return production
 
     def paths(self) -> artifacts.PipelinePaths:
         return artifacts.PipelinePaths(self.workspace.root, self.pipeline)
@@ -241,7 +241,7 @@ class TrainOperator(_ContrailOperator):
         self.pull(self.run_rel(context, "preprocess"))
         self.pull(self.run_rel(context, "train"))  # the checkpoints a retry resumes from
         if load_spec(self.spec_path, check_build_fn=False).spec.train.warm_start:
-            self.pull_models(self.pull_models())
+            self.pull_models(None)
         # Each checkpoint holds the tf.data iterator's position, file names included: every
         # attempt reads the TFRecords under one name, whichever copy (or worker) it runs in.
         examples = self.preprocess["step_dir"]
@@ -334,7 +334,7 @@ class ExportOperator(_ContrailOperator):
             for p in self.paths().models.glob(f"*/{serving.INFO_FILE}")
             if p.parent.name.isdigit() and artifacts.read_json(p).get("run_key") == key
         ]
-        self.pull_models(self.pull_models(), *mine)
+        self.pull_models(None, *mine)
 
     def run_step(self, context: Context) -> dict:
         from contrail import export
@@ -398,7 +398,7 @@ class BatchInferenceOperator(_ContrailOperator):
 
         part = inference.part_dir(Path(self.step_dir(context, inference.STEP)), self.part, self.parts)
         self.pull(str(part.relative_to(self.paths().base)))
-        self.pull_models(self.model_version(context) or self.pull_models())
+        self.pull_models(self.model_version(context))
 
     def run_step(self, context: Context) -> dict:
         from contrail import inference
