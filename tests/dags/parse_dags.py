@@ -24,6 +24,7 @@ print(
             "dags": {
                 dag_id: {
                     "tasks": {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks},
+                    "max_active_tis_per_dag": {t.task_id: t.max_active_tis_per_dag for t in dag.tasks},
                     "params": {
                         k: {**dag.params.get_param(k).schema, "description": dag.params.get_param(k).description}
                         for k in dag.params

@@ -38,6 +38,8 @@ def test_every_spec_becomes_a_dag_without_tensorflow(tmp_path):
     for dag in report["dags"].values():
         assert dag["tasks"] == EXPECTED_GRAPH
         assert "contrail" in dag["tags"]
+        # One export of a pipeline at a time (an object-store root has no lock); the rest run free.
+        assert dag["max_active_tis_per_dag"] == {t: (1 if t == "export" else None) for t in EXPECTED_GRAPH}
     assert not report["tensorflow_imported"] and not report["keras_imported"] and not report["pyarrow_imported"]
 
 
