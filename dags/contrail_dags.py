@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 
 from contrail import config
 from contrail.errors import SpecError
 from contrail.spec import LoadedSpec, discover_specs, load_spec
 from contrail_airflow.assets import inference_dag_id, model_asset, promotion_alias, tfrecords_asset
 from contrail_airflow.operators import (
-    RESERVED_PARAMS,
     BatchInferenceOperator,
     ExportOperator,
     PreprocessOperator,
@@ -31,63 +29,9 @@ from contrail_airflow.operators import (
     SelectBestOperator,
     TrainOperator,
 )
+from contrail_airflow.params import trigger_params
 
 log = logging.getLogger(__name__)
-
-# CONTRAIL_SPEC_DIR as config.spec_dir() reads it; unset, the pipelines/ folder beside this file
-# (wherever the DAG folder is deployed), not one relative to the project root.
-SPEC_DIR = Path(os.environ.get("CONTRAIL_SPEC_DIR") or Path(__file__).parent / "pipelines")
-
-
-def trigger_params(loaded: LoadedSpec) -> dict[str, Param]:
-    """The trigger form: every model param, plus max_steps, batch_size, force_promote and a
-    data-source override, each with a type, a default, bounds and a description."""
-    spec = loaded.spec
-    params = {}
-    for name, value in spec.model.params.items():
-        if name in RESERVED_PARAMS:
-            raise SpecError(
-                f"{loaded.path}: field 'model.params.{name}': expected a name other than the reserved "
-                f"{', '.join(RESERVED_PARAMS)}, found {name!r}"
-            )
-        params[name] = Param(value, description=f"model.params.{name} passed to build_fn", **_json_schema(name, value))
-    params["max_steps"] = Param(
-        spec.train.max_steps,
-        type="integer",
-        minimum=1,
-        maximum=100_000_000,
-        description="train.max_steps: stop after this many training steps at the latest",
-    )
-    params["batch_size"] = Param(
-        spec.train.batch_size,
-        type="integer",
-        minimum=1,
-        maximum=1_048_576,
-        description="train.batch_size: examples per training step",
-    )
-    params["force_promote"] = Param(
-        False, type="boolean", description="Promote the exported model even if it does not beat production"
-    )
-    params["data_source"] = Param(
-        None,
-        type=["null", "string"],
-        maxLength=1024,
-        description="Replace data.source for this run: a glob under the data folder; Airflow macros work",
-    )
-    return params
-
-
-def _json_schema(name: str, value: Any) -> dict:
-    if isinstance(value, bool):
-        return {"type": "boolean"}
-    if isinstance(value, int):
-        return {"type": "integer", "minimum": 0 if value >= 0 else -(2**31)}
-    if isinstance(value, float):
-        return {"type": "number", "exclusiveMinimum": 0} if name == "learning_rate" or value > 0 else {"type": "number"}
-    if isinstance(value, str):
-        return {"type": "string"}
-    item = _json_schema(name, value[0])["type"] if value else "number"
-    return {"type": "array", "items": {"type": item}, "minItems": 1 if value else 0}
 
 
 def build_dag(loaded: LoadedSpec) -> DAG:
@@ -194,8 +138,11 @@ def _broken_specs_dag(errors: list[str]) -> DAG:
     return _SpecErrors(dag_id="contrail_spec_errors", schedule=None)
 
 
-def load_all(spec_dir: Path = SPEC_DIR) -> dict[str, DAG]:
+def load_all(spec_dir: Path | None = None) -> dict[str, DAG]:
+    """One DAG per spec in `spec_dir` (default `config.spec_dir()`), and one that carries the
+    errors of the broken ones."""
     dags, errors = {}, []
+    spec_dir = spec_dir or config.spec_dir()
     for path in discover_specs(spec_dir):
         try:
             loaded = load_spec(path)

@@ -23,20 +23,16 @@ import sys
 import urllib.parse
 from collections.abc import Mapping
 
-from contrail.errors import ContrailError
+from contrail.errors import ConfigError, ContrailError, ServiceUnavailableError
 
 EMBEDDED, SCALEOUT = "embedded", "scaleout"
 MODES = (EMBEDDED, SCALEOUT)
 
 
-class ServiceUnavailableError(ContrailError):
-    """A service the scale-out mode needs did not answer."""
-
-
 def current_mode(environ: Mapping[str, str] = os.environ) -> str:
     mode = environ.get("CONTRAIL_MODE", "") or EMBEDDED
     if mode not in MODES:
-        raise ContrailError(f"CONTRAIL_MODE: expected one of {', '.join(MODES)}, found {mode!r}")
+        raise ConfigError(f"CONTRAIL_MODE: expected one of {', '.join(MODES)}, found {mode!r}", field="CONTRAIL_MODE")
     return mode
 
 
@@ -47,17 +43,20 @@ def airflow_settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     urls = {name: environ.get(name, "") for name in ("CONTRAIL_DATABASE_URL", "CONTRAIL_BROKER_URL")}
     missing = [name for name, url in urls.items() if not url]
     if missing:
-        raise ContrailError(
+        raise ConfigError(
             f"CONTRAIL_MODE=scaleout: expected {' and '.join(missing)} in the environment, found "
             f"{'it' if len(missing) == 1 else 'them'} unset (see README, 'Scale-out mode')"
         )
     database, broker = urls["CONTRAIL_DATABASE_URL"], urls["CONTRAIL_BROKER_URL"]
     if not database.startswith("postgresql"):
-        raise ContrailError(
-            f"CONTRAIL_DATABASE_URL: expected a postgresql:// or postgresql+psycopg2:// URL, found {mask(database)!r}"
+        raise ConfigError(
+            f"CONTRAIL_DATABASE_URL: expected a postgresql:// or postgresql+psycopg2:// URL, found {mask(database)!r}",
+            field="CONTRAIL_DATABASE_URL",
         )
     if not broker.startswith(("redis://", "rediss://")):
-        raise ContrailError(f"CONTRAIL_BROKER_URL: expected a redis:// URL, found {mask(broker)!r}")
+        raise ConfigError(
+            f"CONTRAIL_BROKER_URL: expected a redis:// URL, found {mask(broker)!r}", field="CONTRAIL_BROKER_URL"
+        )
     return {
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,

@@ -1,40 +1,62 @@
-"""Thin Airflow operators around the steps in `contrail` (the `tasks/` folder).
+"""Thin Airflow operators around the steps in `contrail` (the `tasks/contrail/` folder).
 
-Each `execute()` checks its rendered inputs, builds the step's arguments object, calls the
-step and returns the step's result as XCom: artifact paths, counts and metric values, never
-data. Step modules (and so TensorFlow) are imported inside `execute()`, never at parse time.
+Each `execute()` opens the task's workspace (the artifact root, or a local copy of a remote
+one), gets its rendered inputs ready there (`contrail.storage.prepare`, driven by the step's
+declared `READS`), builds the step's arguments, calls the step, records the execution in the
+run's event log, and returns the step's result as XCom: artifact paths, counts and metric
+values, never data. An operator never changes its own attributes in `execute()`. Step modules
+(and so TensorFlow) are imported inside `execute()`, never at parse time.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
 from contrail import artifacts, config, storage
-from contrail.errors import ContrailError, SpecError
+from contrail.errors import SpecError
+from contrail.layout import READS, PipelineLayout, Reads, RunLayout
 from contrail_airflow.assets import model_asset, promotion_alias, tfrecords_asset
+from contrail_airflow.params import Overrides, check_conf_keys, overrides, resolve_source
 from contrail_airflow.report_plugin import RunReportLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-# Trigger-form params that are not model params.
-RESERVED_PARAMS = ("max_steps", "batch_size", "force_promote", "data_source")
+    from contrail.results import StepResult
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one execution of a step works with."""
+
+    context: Context
+    workspace: storage.Workspace
+    pipeline: PipelineLayout  # on the workspace: the root itself, or the task's local copy
+    run: RunLayout
+    inputs: dict[str, Any]  # the rendered template fields, mapped onto the workspace
+    overrides: Overrides
+
+    @property
+    def cache_dir(self) -> str:
+        return str(self.workspace.cache_dir(self.pipeline))
 
 
 class _ContrailOperator(BaseOperator):
-    """Shared plumbing: where this run's artifacts live, and what the trigger overrode.
+    """Shared plumbing: the workspace, the declared reads, the event log and the XCom.
 
-    `execute` opens the task's workspace (the artifact root, or a local copy of a remote one:
-    `contrail.storage`), maps the upstream results onto it, pulls what `pull_inputs` names,
-    runs the step (`run_step`), pushes what it wrote and returns the result with remote paths.
+    Subclasses set `reads` (what the step reads from the artifact root), implement
+    `run_step(task)`, and may give `read_hints` (which folder is their own, which model they
+    score with) for `storage.prepare`.
     """
 
     template_fields: tuple[str, ...] = ("spec_path",)
     ui_color = "#e8f1fb"
+    reads: ClassVar[Reads] = Reads()
+    step: ClassVar[str | None] = None  # the name its executions are recorded under; None: not recorded
 
     def __init__(self, *, spec_path: str, pipeline: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -42,83 +64,44 @@ class _ContrailOperator(BaseOperator):
         self.pipeline = pipeline
 
     def execute(self, context: Context) -> Any:
+        rendered = {name: getattr(self, name) for name in self.template_fields}
         with storage.Workspace(config.artifact_location(), config.scratch_dir()) as workspace:
-            self.workspace = workspace
-            if workspace.remote:
-                for name in self.template_fields:
-                    setattr(self, name, workspace.to_local(getattr(self, name)))
-                # The run's own records (manifests, histories, events): what the report reads.
-                self.pull(self.run_rel(context), include=("*.json", "*.jsonl"))
-                self.pull_inputs(context)
-            result = self.run_step(context)
+            pipeline = PipelineLayout(workspace.root, self.pipeline)
+            run = pipeline.run(context["run_id"])
+            hints = self.read_hints(context, rendered, pipeline, run)
+            inputs = storage.prepare(workspace, pipeline, run, self.reads, rendered, **hints)
+            task = Task(context, workspace, pipeline, run, inputs, overrides(context["params"]))
+            started = time.time()
+            result = self.run_step(task)
+            if self.step is not None:
+                self._record(task, result, started)
             workspace.push()
-            return workspace.to_remote(result)
+        xcom = [r.to_xcom() for r in result] if isinstance(result, list) else result.to_xcom()
+        return workspace.to_remote(xcom)
 
-    def pull_inputs(self, context: Context) -> None:
-        """Copy what the step reads from a remote root (called for remote roots only)."""
+    def read_hints(self, context: Context, rendered: dict, pipeline: PipelineLayout, run: RunLayout) -> dict:
+        """Keyword arguments of `storage.prepare` this task needs besides its `reads`."""
+        return {}
 
-    def run_step(self, context: Context) -> Any:
+    def run_step(self, task: Task) -> Any:
         raise NotImplementedError
 
-    def pull(self, rel: str, include: tuple[str, ...] = ()) -> None:
-        """Pull `rel`, relative to this pipeline's folder."""
-        self.workspace.pull(f"{self.pipeline}/{rel}", include)
-
-    def run_rel(self, context: Context, step: str | None = None) -> str:
-        rel = f"runs/{artifacts.run_key(context['run_id'])}"
-        return f"{rel}/{step}" if step else rel
-
-    def pull_models(self, *versions: int | None) -> None:
-        """Pull `models/production.json` and the given model versions; None stands for the
-        version production names (if any)."""
-        from contrail import serving
-
-        self.pull("models/production.json")
-        production = serving.production_version(self.paths().base)
-        for version in {production if v is None else v for v in versions} - {None}:
-            self.pull(f"models/{int(version)}")
-
-    def paths(self) -> artifacts.PipelinePaths:
-        return artifacts.PipelinePaths(self.workspace.root, self.pipeline)
-
-    def step_dir(self, context: Context, step: str) -> str:
-        return str(self.paths().step(artifacts.run_key(context["run_id"]), step))
-
-    def cache_dir(self) -> str:
-        """`<pipeline>/cache`; for a remote root, a folder of this worker's: its file hashes are
-        keyed by local inodes, and its step pointers name local copies."""
-        if not self.workspace.remote:
-            return str(self.paths().base / "cache")
-        key = artifacts.fingerprint({"root": self.workspace.location})[:12]
-        return str(config.scratch_dir() / "contrail-cache" / key / self.pipeline)
-
-    @staticmethod
-    def overrides(context: Context) -> dict[str, Any]:
-        """Trigger params that differ from the spec, split by where they apply."""
-        params = dict(context["params"])
-        train = {k: params[k] for k in ("max_steps", "batch_size") if k in params}
-        model = {k: v for k, v in params.items() if k not in RESERVED_PARAMS}
-        return {"train": train, "model": model, "force_promote": bool(params.get("force_promote", False))}
-
-    def record(self, context: Context, step: str, result: dict, started: float) -> dict:
-        """Append this execution to the run's event log, refresh the run report, then hand the
-        result to XCom."""
-        run_dir = self.paths().run(artifacts.run_key(context["run_id"]))
-        artifacts.record_event(
-            run_dir,
-            {
-                "step": step,
-                "reused": bool(result.get("reused")),
-                "seconds": round(time.time() - started, 3),
-                "try_number": context["ti"].try_number,
-                "run_id": context["run_id"],
-            },
-        )
+    def _record(self, task: Task, result: StepResult, started: float) -> None:
+        """Add this execution to the run's event log and refresh the run report."""
         from contrail.report import write_report
         from contrail.spec import load_spec
 
-        write_report(run_dir, load_spec(self.spec_path, check_build_fn=False).spec)
-        return result
+        artifacts.record_event(
+            task.run.events,
+            {
+                "step": self.step,
+                "reused": bool(result.reused),
+                "seconds": round(time.time() - started, 3),
+                "try_number": task.context["ti"].try_number,
+                "run_id": task.context["run_id"],
+            },
+        )
+        write_report(task.run.path, load_spec(task.inputs["spec_path"], check_build_fn=False).spec)
 
 
 class PreprocessOperator(_ContrailOperator):
@@ -134,45 +117,44 @@ class PreprocessOperator(_ContrailOperator):
     """
 
     template_fields = ("spec_path", "source", "parts")
+    step = "preprocess"
 
     def __init__(self, *, source: str, parts: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.source = source
         self.parts = parts
 
-    def args(self, context: Context):
+    reads = READS["preprocess"]
+
+    def args(self, task: Task):
         from contrail import preprocess
 
-        check_conf_keys(context)
-        source = resolve_source(self, context, self.source)
+        check_conf_keys(task.context)
+        override = task.overrides.data_source
+        source = resolve_source(
+            task.inputs["source"], self.render_template(override, task.context) if override else None
+        )
         self.log.info("Preprocessing %s from %s", self.pipeline, source)
+        parts = [p["step_dir"] for p in (task.inputs["parts"] or []) if p]  # none: the plan found the work done
         return preprocess.PreprocessArgs(
-            self.spec_path, source, self.step_dir(context, preprocess.STEP), cache_dir=self.cache_dir()
+            task.inputs["spec_path"],
+            source,
+            str(task.run.preprocess.path),
+            cache_dir=task.cache_dir,
+            parts=parts or None,
         )
 
-    def pull_inputs(self, context: Context) -> None:
-        self.pull(self.run_rel(context, "preprocess"))
-        if self.parts is not None:
-            self.pull(self.run_rel(context, "preprocess-parts"))
-
-    def run_step(self, context: Context) -> dict:
-        import dataclasses
-
+    def run_step(self, task: Task):
         from contrail import preprocess
 
-        started = time.time()
-        args = self.args(context)
-        if self.parts is not None:
-            parts = [p["part_dir"] for p in (self.parts or []) if p]  # none: the plan found the work done
-            args = dataclasses.replace(args, parts=parts or None)
-        result = preprocess.run(args)
+        result = preprocess.run(self.args(task))
         # The TFRecords asset's event (emitted on success) says which files this run published.
-        context["outlet_events"][tfrecords_asset(self.pipeline)].extra = {
-            "run_id": context["run_id"],
-            "step_dir": self.workspace.to_remote(result["step_dir"]),
-            "fingerprint": result["fingerprint"],
+        task.context["outlet_events"][tfrecords_asset(self.pipeline)].extra = {
+            "run_id": task.context["run_id"],
+            "step_dir": task.workspace.to_remote(result.step_dir),
+            "fingerprint": result.fingerprint,
         }
-        return self.record(context, preprocess.STEP, result, started)
+        return result
 
 
 class PreprocessPlanOperator(PreprocessOperator):
@@ -181,17 +163,18 @@ class PreprocessPlanOperator(PreprocessOperator):
     XCom: a list with one `PartArgs` mapping per group; empty when the output already exists.
     """
 
+    step = None
+
     def __init__(self, *, parallelism: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.parallelism = parallelism
 
-    def pull_inputs(self, context: Context) -> None:
-        self.pull(self.run_rel(context, "preprocess"))
+    reads = READS["preprocess_plan"]
 
-    def run_step(self, context: Context) -> list[dict]:
+    def run_step(self, task: Task):
         from contrail import preprocess
 
-        groups = preprocess.plan(self.args(context), self.parallelism)
+        groups = preprocess.plan(self.args(task), self.parallelism)
         self.log.info("Fanning out over %d group(s) of files", len(groups))
         return groups
 
@@ -206,18 +189,21 @@ class PreprocessPartOperator(_ContrailOperator):
 
     template_fields = ("spec_path", "group")
 
+    reads = READS["preprocess_part"]
+
     def __init__(self, *, group: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.group = group
 
-    def pull_inputs(self, context: Context) -> None:
-        part_dir = Path(_require_dict(self.group, "preprocess_plan")["part_dir"])
-        self.pull(str(part_dir.relative_to(self.paths().base)))
+    def read_hints(self, context: Context, rendered: dict, pipeline: PipelineLayout, run: RunLayout) -> dict:
+        from contrail.preprocess import PartArgs
 
-    def run_step(self, context: Context) -> dict:
+        return {"own_dir": PartArgs.from_xcom(rendered["group"]).part_dir}
+
+    def run_step(self, task: Task):
         from contrail import preprocess
 
-        return preprocess.run_part(preprocess.PartArgs(**_require_dict(self.group, "preprocess_plan")))
+        return preprocess.run_part(preprocess.PartArgs.from_xcom(task.inputs["group"]))
 
 
 class TrainOperator(_ContrailOperator):
@@ -230,43 +216,34 @@ class TrainOperator(_ContrailOperator):
 
     template_fields = ("spec_path", "preprocess")
     operator_extra_links = (RunReportLink(),)
+    step = "train"
+
+    reads = READS["train"]
 
     def __init__(self, *, preprocess: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.preprocess = preprocess
 
-    def pull_inputs(self, context: Context) -> None:
+    def read_hints(self, context: Context, rendered: dict, pipeline: PipelineLayout, run: RunLayout) -> dict:
         from contrail.spec import load_spec
 
-        self.pull(self.run_rel(context, "preprocess"))
-        self.pull(self.run_rel(context, "train"))  # the checkpoints a retry resumes from
-        if load_spec(self.spec_path, check_build_fn=False).spec.train.warm_start:
-            self.pull_models(None)
-        # Each checkpoint holds the tf.data iterator's position, file names included: every
-        # attempt reads the TFRecords under one name, whichever copy (or worker) it runs in.
-        examples = self.preprocess["step_dir"]
-        name = artifacts.fingerprint(
-            {"root": self.workspace.location, "pipeline": self.pipeline, "run": context["run_id"]}
-        )
-        alias = self.workspace.stable_alias(Path(examples), f"{self.pipeline}-train-examples-{name[:16]}")
-        self.preprocess = storage.rebase(self.preprocess, examples, str(alias))
+        return {"warm_start": load_spec(rendered["spec_path"], check_build_fn=False).spec.train.warm_start}
 
-    def run_step(self, context: Context) -> dict:
+    def run_step(self, task: Task):
         from contrail import train
+        from contrail.results import PreprocessResult
 
-        started = time.time()
-        overrides = self.overrides(context)
         args = train.TrainArgs(
-            spec_path=self.spec_path,
-            preprocess=_require_dict(self.preprocess, "preprocess"),
-            step_dir=self.step_dir(context, train.STEP),
-            params=overrides["model"],
-            train_overrides=overrides["train"],
-            models_dir=str(self.paths().models),
+            spec_path=task.inputs["spec_path"],
+            preprocess=PreprocessResult.from_xcom(task.inputs["preprocess"], source="upstream 'preprocess'"),
+            step_dir=str(task.run.train.path),
+            params=task.overrides.model,
+            train_overrides=task.overrides.train,
+            models_dir=str(task.pipeline.models.path),
             # A remote root gets every checkpoint as it is written: a retry elsewhere resumes.
-            on_checkpoint=self.workspace.push if self.workspace.remote else None,
+            on_checkpoint=task.workspace.push if task.workspace.remote else None,
         )
-        return self.record(context, train.STEP, train.run(args), started)
+        return train.run(args)
 
 
 class SelectBestOperator(_ContrailOperator):
@@ -278,23 +255,24 @@ class SelectBestOperator(_ContrailOperator):
     """
 
     template_fields = ("spec_path", "train")
+    step = "select_best"
+
+    reads = READS["select_best"]
 
     def __init__(self, *, train: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.train = train
 
-    def pull_inputs(self, context: Context) -> None:
-        self.pull(self.run_rel(context, "train"))
-        self.pull(self.run_rel(context, "select_best"))
-
-    def run_step(self, context: Context) -> dict:
+    def run_step(self, task: Task):
         from contrail import select_best
+        from contrail.results import TrainResult
 
-        started = time.time()
         args = select_best.SelectBestArgs(
-            self.spec_path, _require_dict(self.train, "train"), self.step_dir(context, select_best.STEP)
+            task.inputs["spec_path"],
+            TrainResult.from_xcom(task.inputs["train"], source="upstream 'train'"),
+            str(task.run.select_best.path),
         )
-        return self.record(context, select_best.STEP, select_best.run(args), started)
+        return select_best.run(args)
 
 
 class ExportOperator(_ContrailOperator):
@@ -309,6 +287,9 @@ class ExportOperator(_ContrailOperator):
 
     template_fields = ("spec_path", "preprocess", "train", "best")
     operator_extra_links = (RunReportLink(),)
+    step = "export"
+
+    reads = READS["export"]
 
     def __init__(self, *, preprocess: Any, train: Any, best: Any, **kwargs: Any) -> None:
         # One export of a pipeline at a time, whatever the run: the scheduler serializes the
@@ -320,53 +301,36 @@ class ExportOperator(_ContrailOperator):
         self.train = train
         self.best = best
 
-    def pull_inputs(self, context: Context) -> None:
-        from contrail import serving
-
-        for step in ("preprocess", "train", "select_best", "export"):
-            self.pull(self.run_rel(context, step))
-        # Every version's record (to find one this run already published), then production's
-        # model and this run's.
-        self.pull("models", include=("production.json", f"*/{serving.INFO_FILE}"))
-        key = artifacts.run_key(context["run_id"])
-        mine = [
-            int(p.parent.name)
-            for p in self.paths().models.glob(f"*/{serving.INFO_FILE}")
-            if p.parent.name.isdigit() and artifacts.read_json(p).get("run_key") == key
-        ]
-        self.pull_models(None, *mine)
-
-    def run_step(self, context: Context) -> dict:
+    def run_step(self, task: Task):
         from contrail import export
+        from contrail.results import PreprocessResult, SelectBestResult, TrainResult
 
-        started = time.time()
-        overrides = self.overrides(context)
         args = export.ExportArgs(
-            spec_path=self.spec_path,
-            preprocess=_require_dict(self.preprocess, "preprocess"),
-            train=_require_dict(self.train, "train"),
-            best=_require_dict(self.best, "best"),
-            step_dir=self.step_dir(context, export.STEP),
-            models_dir=str(self.paths().models),
-            run_key=artifacts.run_key(context["run_id"]),
+            spec_path=task.inputs["spec_path"],
+            preprocess=PreprocessResult.from_xcom(task.inputs["preprocess"], source="upstream 'preprocess'"),
+            train=TrainResult.from_xcom(task.inputs["train"], source="upstream 'train'"),
+            best=SelectBestResult.from_xcom(task.inputs["best"], source="upstream 'select_best'"),
+            step_dir=str(task.run.export.path),
+            models_dir=str(task.pipeline.models.path),
+            run_key=task.run.key,
             dag_id=self.dag_id,
-            run_id=context["run_id"],
-            params=overrides["model"],
-            force_promote=overrides["force_promote"],
+            run_id=task.context["run_id"],
+            params=task.overrides.model,
+            force_promote=task.overrides.force_promote,
         )
         result = export.run(args)
-        if result["promoted"]:
+        if result.promoted:
             # Only a promotion updates the model asset. A retry of a promoting export emits it
             # again: scoring twice is harmless, a promotion nobody scores is not.
-            context["outlet_events"][promotion_alias(self.pipeline)].add(
+            task.context["outlet_events"][promotion_alias(self.pipeline)].add(
                 model_asset(self.pipeline),
                 extra={
-                    "version": result["version"],
-                    "model_dir": self.workspace.to_remote(result["model_dir"]),
-                    "run_id": context["run_id"],
+                    "version": result.version,
+                    "model_dir": task.workspace.to_remote(result.model_dir),
+                    "run_id": task.context["run_id"],
                 },
             )
-        return self.record(context, export.STEP, result, started)
+        return result
 
 
 class BatchInferenceOperator(_ContrailOperator):
@@ -385,6 +349,9 @@ class BatchInferenceOperator(_ContrailOperator):
     """
 
     template_fields = ("spec_path", "source", "export")
+    step = "inference"
+
+    reads = READS["batch_inference"]
 
     def __init__(self, *, source: str, export: Any = None, part: int = 0, parts: int = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -393,72 +360,38 @@ class BatchInferenceOperator(_ContrailOperator):
         self.part = part
         self.parts = parts
 
-    def pull_inputs(self, context: Context) -> None:
+    def read_hints(self, context: Context, rendered: dict, pipeline: PipelineLayout, run: RunLayout) -> dict:
+        return {
+            "own_dir": str(run.inference.part(self.part, self.parts).path),
+            "scoring_version": model_version(context, rendered["export"]),
+        }
+
+    def run_step(self, task: Task):
         from contrail import inference
 
-        part = inference.part_dir(Path(self.step_dir(context, inference.STEP)), self.part, self.parts)
-        self.pull(str(part.relative_to(self.paths().base)))
-        self.pull_models(self.model_version(context))
-
-    def run_step(self, context: Context) -> dict:
-        from contrail import inference
-
-        started = time.time()
-        if not self.source:
+        if not task.inputs["source"]:
             raise SpecError(
-                f"{self.spec_path}: field 'inference.source': expected a glob of files to score, found none"
+                f"{self.spec_path}: field 'inference.source': expected a glob of files to score, found none",
+                path=self.spec_path,
+                field="inference.source",
             )
         args = inference.InferenceArgs(
-            self.spec_path,
-            self.source,
-            str(inference.part_dir(Path(self.step_dir(context, inference.STEP)), self.part, self.parts)),
-            str(self.paths().base),
-            version=self.model_version(context),
+            task.inputs["spec_path"],
+            task.inputs["source"],
+            str(task.run.inference.part(self.part, self.parts).path),
+            str(task.pipeline.models.path),
+            version=model_version(task.context, task.inputs["export"]),
             part=self.part,
             parts=self.parts,
         )
-        return self.record(context, inference.STEP, inference.run(args), started)
-
-    def model_version(self, context: Context) -> int | None:
-        if isinstance(self.export, dict):
-            return int(self.export["production_version"])
-        events = context.get("triggering_asset_events") or {}
-        versions = [int(e.extra["version"]) for evs in events.values() for e in evs if "version" in (e.extra or {})]
-        return max(versions) if versions else None  # None: production now
+        return inference.run(args)
 
 
-def check_conf_keys(context: Context) -> None:
-    """Airflow accepts any conf key; a misspelt override must fail loudly instead of being ignored."""
-    conf = context["dag_run"].conf or {}
-    # The DAG's declared params: context["params"] already has the conf keys merged in.
-    allowed = sorted(context["dag"].params.keys())
-    unknown = sorted(set(conf) - set(allowed))
-    if unknown:
-        raise SpecError(
-            f"DAG {context['dag'].dag_id}: unknown conf key{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
-            f"expected only {', '.join(allowed)}"
-        )
-
-
-def resolve_source(operator: BaseOperator, context: Context, source: str) -> str:
-    """The spec's source, or the `data_source` param rendered and confined to the data folder."""
-    override = context["params"].get("data_source")
-    if not override:
-        return source
-    rendered = operator.render_template(override, context)
-    if "://" in rendered and not rendered.startswith("file://"):
-        raise SpecError(f"param 'data_source': expected a path under {config.data_dir()}, found the URI {rendered!r}")
-    path = Path(rendered.removeprefix("file://"))
-    root = config.data_dir()
-    resolved = (path if path.is_absolute() else root / path).resolve()
-    if ".." in path.parts or not resolved.is_relative_to(root):
-        raise SpecError(f"param 'data_source': expected a path under {root}, found {rendered!r}")
-    return str(resolved)
-
-
-def _require_dict(value: Any, name: str) -> dict:
-    if not isinstance(value, dict):
-        raise ContrailError(
-            f"upstream {name!r} result: expected a dict from XCom, found {type(value).__name__}: {value!r}"
-        )
-    return value
+def model_version(context: Context, export: Any) -> int | None:
+    """The version to score with: the one production held after this run's export, else the
+    newest the triggering asset events name, else None (production now)."""
+    if isinstance(export, dict):
+        return int(export["production_version"])
+    events = context.get("triggering_asset_events") or {}
+    versions = [int(e.extra["version"]) for evs in events.values() for e in evs if "version" in (e.extra or {})]
+    return max(versions) if versions else None

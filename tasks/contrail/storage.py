@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import json
 import logging
 import os
@@ -38,11 +39,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from contrail.errors import StorageError
+from contrail import layout
+from contrail.errors import StorageError, translate
+from contrail.layout import COMMIT_MARKERS, PipelineLayout, Reads, RunLayout
 
 log = logging.getLogger(__name__)
 
-COMMIT_MARKERS = frozenset({"manifest.json", "state.json", "contrail.json"})
 RECORD_SUFFIXES = (".json", ".jsonl", ".html")  # small text records whose paths are rewritten
 
 
@@ -62,9 +64,14 @@ def storage_options() -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise StorageError(f"CONTRAIL_STORAGE_OPTIONS: expected a JSON object, found {raw!r} ({exc})") from None
+        raise StorageError(
+            f"CONTRAIL_STORAGE_OPTIONS: expected a JSON object, found {raw!r} ({exc})", field="CONTRAIL_STORAGE_OPTIONS"
+        ) from None
     if not isinstance(value, dict):
-        raise StorageError(f"CONTRAIL_STORAGE_OPTIONS: expected a JSON object, found {type(value).__name__}")
+        raise StorageError(
+            f"CONTRAIL_STORAGE_OPTIONS: expected a JSON object, found {type(value).__name__}",
+            field="CONTRAIL_STORAGE_OPTIONS",
+        )
     return value
 
 
@@ -234,8 +241,8 @@ class Workspace:
             found = self.fs.find(prefix, detail=True)
         except FileNotFoundError:
             found = {}
-        except Exception as exc:
-            raise StorageError(f"{self.location}/{rel}: cannot list the artifact root: {exc}") from exc
+        except Exception as exc:  # broad: each fsspec backend raises its own types
+            raise translate(exc, StorageError, f"{self.location}/{rel}: cannot list the artifact root") from exc
         wanted: dict[str, int] = {}
         for path, info in found.items():
             if info.get("type") == "directory":
@@ -255,8 +262,8 @@ class Workspace:
             path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.fs.get([self.remote_path(r) for r in wanted], [str(p) for p in locals_])
-        except Exception as exc:
-            raise StorageError(f"{self.location}/{rel}: download failed: {exc}") from exc
+        except Exception as exc:  # broad: each fsspec backend raises its own types
+            raise translate(exc, StorageError, f"{self.location}/{rel}: download failed") from exc
         remote_name, local_name = self.location.encode(), str(self.root).encode()
         for relpath, size in wanted.items():
             local = self.root / relpath
@@ -273,6 +280,18 @@ class Workspace:
             self._remote_sizes[relpath] = size
         log.info("Pulled %d file(s) from %s/%s", len(wanted), self.location, rel)
         return len(wanted)
+
+    def pull_records(self, rel: str) -> int:
+        """Pull the small records (`*.json`, `*.jsonl`) under `rel`: manifests, histories, events."""
+        return self.pull(rel, include=("*.json", "*.jsonl"))
+
+    def cache_dir(self, pipeline: PipelineLayout) -> Path:
+        """The pipeline's content cache; for a remote root, a folder of this worker's: its file
+        hashes are keyed by local inodes, and its step pointers name local copies."""
+        if not self.remote:
+            return pipeline.cache
+        key = hashlib.sha256(self.location.encode()).hexdigest()[:12]
+        return self._scratch / "contrail-cache" / key / pipeline.pipeline
 
     def _unchanged(self, rel: str) -> bool:
         path = self.root / rel
@@ -344,8 +363,9 @@ class Workspace:
                     plain.append(rel)
             if plain:
                 self.fs.put([str(self.root / r) for r in plain], [self.remote_path(r) for r in plain])
-        except Exception as exc:
-            raise StorageError(f"{self.location}: upload of {rels[0]} and {len(rels) - 1} more failed: {exc}") from exc
+        except Exception as exc:  # broad: each fsspec backend raises its own types
+            where = f"{self.location}: upload of {rels[0]} and {len(rels) - 1} more failed"
+            raise translate(exc, StorageError, where) from exc
 
     def _delete(self, rels: list[str]) -> None:
         if not rels:
@@ -354,8 +374,9 @@ class Workspace:
             self.fs.rm([self.remote_path(r) for r in rels])
         except FileNotFoundError:
             pass
-        except Exception as exc:
-            raise StorageError(f"{self.location}: deleting {rels[0]} and {len(rels) - 1} more failed: {exc}") from exc
+        except Exception as exc:  # broad: each fsspec backend raises its own types
+            where = f"{self.location}: deleting {rels[0]} and {len(rels) - 1} more failed"
+            raise translate(exc, StorageError, where) from exc
         for rel in rels:
             self._snapshot.pop(rel, None)
 
@@ -371,3 +392,55 @@ def rebase(value: Any, old: str, new: str) -> Any:
     if isinstance(value, Sequence | Iterator) and not isinstance(value, bytes):
         return [rebase(v, old, new) for v in value]  # also Airflow's lazy XCom sequences
     return value
+
+
+def prepare(
+    workspace: Workspace,
+    pipeline: PipelineLayout,
+    run: RunLayout,
+    reads: Reads,
+    inputs: Mapping[str, Any],
+    *,
+    own_dir: str | None = None,
+    warm_start: bool = False,
+    scoring_version: int | None = None,
+) -> dict[str, Any]:
+    """Get a task's inputs ready in `workspace`: its upstream results mapped onto it, and for a
+    remote root, what `reads` declares pulled into it. Returns the inputs as the step sees them.
+
+    `own_dir` is the task's own output folder (a path or URI under the root), `warm_start`
+    whether the spec warm-starts, `scoring_version` the version batch inference scores with
+    (None: production's): the facts the `reads` selectors depend on.
+
+    A local root needs none of it: the inputs come back as they are.
+    """
+    if not workspace.remote:
+        return dict(inputs)
+    inputs = {name: workspace.to_local(value) for name, value in inputs.items()}
+    workspace.pull_records(pipeline.rel(run.path))  # manifests, histories, events: what the report reads
+    for step in reads.steps:
+        workspace.pull(pipeline.rel(run.parts if step == "parts" else run.step(step)))
+    if reads.own_dir and own_dir is not None:
+        workspace.pull(pipeline.rel(Path(workspace.to_local(own_dir))))
+    models = pipeline.models
+    if reads.model_records:
+        workspace.pull(pipeline.rel(models.path), include=(layout.PRODUCTION, f"*/{layout.MODEL_INFO}"))
+    if reads.models:
+        workspace.pull(pipeline.rel(models.production))
+        production = models.production_version()
+        wanted = {
+            "production": {production},
+            "warm_start": {production} if warm_start else set(),
+            "run": {v for v, _ in models.versions_of_run(run.key)},
+            "scoring": {production if scoring_version is None else scoring_version},
+        }
+        for version in set().union(*(wanted[s] for s in reads.models)) - {None}:
+            workspace.pull(pipeline.rel(models.version(version).path))
+    for name in reads.stable_inputs:
+        # Each checkpoint holds the tf.data iterator's position, file names included: every
+        # attempt reads these files under one name, whichever copy (or worker) it runs in.
+        folder = inputs[name]["step_dir"]
+        key = hashlib.sha256(f"{workspace.location}\x1f{pipeline.pipeline}\x1f{run.key}".encode()).hexdigest()
+        alias = workspace.stable_alias(Path(folder), f"{pipeline.pipeline}-{name}-{key[:16]}")
+        inputs[name] = rebase(inputs[name], folder, str(alias))
+    return inputs

@@ -79,9 +79,56 @@ class DataSpec(_Strict):
         return self
 
 
+class ParamBounds(_Strict):
+    """Bounds of a numeric model param (each item's, for a list), as the trigger form's JSON schema states them."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: float | None = None
+    exclusive_maximum: float | None = None
+
+    def json_schema(self) -> dict[str, float]:
+        keys = {
+            "minimum": "minimum",
+            "maximum": "maximum",
+            "exclusive_minimum": "exclusiveMinimum",
+            "exclusive_maximum": "exclusiveMaximum",
+        }
+        return {keys[k]: v for k, v in self.model_dump().items() if v is not None}
+
+    def admits(self, value: float) -> bool:
+        return not (
+            (self.minimum is not None and value < self.minimum)
+            or (self.maximum is not None and value > self.maximum)
+            or (self.exclusive_minimum is not None and value <= self.exclusive_minimum)
+            or (self.exclusive_maximum is not None and value >= self.exclusive_maximum)
+        )
+
+
 class ModelSpec(_Strict):
     build_fn: str = Field(pattern=_BUILD_FN_RE)
     params: dict[str, Any] = {}
+    # The trigger form's bounds per numeric param; a param without bounds is checked for its type only.
+    param_bounds: dict[str, ParamBounds] = {}
+
+    @model_validator(mode="after")
+    def _bounds_name_numeric_params(self) -> ModelSpec:
+        for name, bounds in self.param_bounds.items():
+            if name not in self.params:
+                raise ValueError(
+                    f"param_bounds.{name}: expected the name of a model param ({', '.join(self.params) or 'none'}), "
+                    f"found {name!r}"
+                )
+            values = self.params[name] if isinstance(self.params[name], list) else [self.params[name]]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ValueError(f"param_bounds.{name}: expected a numeric param, found {self.params[name]!r}")
+            for value in values:
+                if not bounds.admits(value):
+                    raise ValueError(
+                        f"param_bounds.{name}: expected bounds that admit the default {value!r}, found "
+                        f"{bounds.json_schema()}"
+                    )
+        return self
 
     @field_validator("params")
     @classmethod

@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from contrail import artifacts
-from contrail.train import read_history
-
-STEPS = ("preprocess", "train", "select_best", "export", "inference")
+from contrail import artifacts, inference
+from contrail.errors import ArtifactError
+from contrail.history import read_history
+from contrail.layout import STEPS, PipelineLayout
+from contrail.report import step_results
 
 
 def penguins_table() -> pa.Table:
@@ -82,49 +83,47 @@ def _write(table: pa.Table, path: Path) -> str:
 
 def summarize(artifact_root: Path, pipeline: str, run_id: str) -> dict:
     """The demo summary, read back from the artifacts the run committed."""
-    run_dir = artifact_root / pipeline / "runs" / artifacts.run_key(run_id)
-    from contrail import inference
-
-    manifests = {step: artifacts.read_manifest(run_dir / step) for step in STEPS[:-1]}
-    collected = inference.collect(run_dir / "inference")
-    manifests["inference"] = {"result": collected, "timings": {"seconds": collected["seconds"]}} if collected else None
-    missing = [s for s, m in manifests.items() if m is None]
+    run = PipelineLayout(artifact_root, pipeline).run(run_id)
+    results = step_results(run)
+    missing = [s for s, r in results.items() if r is None]
     if missing:
-        raise SystemExit(f"{run_dir}: steps without a committed manifest: {', '.join(missing)}")
-    pre, train, best, export, infer = (manifests[s]["result"] for s in STEPS)
-    history = read_history(train["history"])
-    train_files = [o for o in manifests["preprocess"]["outputs"] if o["path"].startswith("train-")]
-    eval_files = [o for o in manifests["preprocess"]["outputs"] if o["path"].startswith("eval-")]
+        raise ArtifactError(f"{run.path}: steps without a committed manifest: {', '.join(missing)}", path=str(run.path))
+    pre, train, best, export = (results[s] for s in STEPS[:-1])
+    infer, inference_seconds = inference.collect(run.inference.path)
+    outputs = artifacts.read_manifest(run.preprocess.path)["outputs"]
+    seconds = {s: artifacts.read_manifest(run.step(s))["timings"]["seconds"] for s in STEPS[:-1]}
     return {
         "pipeline": pipeline,
         "run_id": run_id,
-        "run_dir": str(run_dir),
+        "run_dir": str(run.path),
         "tfrecords": {
-            "train": [{"path": str(run_dir / "preprocess" / o["path"]), "records": o["records"]} for o in train_files],
-            "eval": [{"path": str(run_dir / "preprocess" / o["path"]), "records": o["records"]} for o in eval_files],
-            "train_records": pre["train_records"],
-            "eval_records": pre["eval_records"],
-            "input_rows": pre["input_rows"],
-        },
-        "evaluations": len(history),
-        "stop_reason": train["stop_reason"],
+            split: [
+                {"path": str(run.preprocess.path / o["path"]), "records": o["records"]}
+                for o in outputs
+                if o["path"].startswith(f"{split}-")
+            ]
+            for split in ("train", "eval")
+        }
+        | {"train_records": pre.train_records, "eval_records": pre.eval_records, "input_rows": pre.input_rows},
+        "evaluations": len(read_history(train.history)),
+        "stop_reason": train.stop_reason,
         "best_checkpoint": {
-            "path": best["checkpoint"],
-            "eval_index": best["eval_index"],
-            "step": best["step"],
-            "metric": best["monitor"],
-            "value": best["value"],
+            "path": best.checkpoint_path,
+            "eval_index": best.eval_index,
+            "step": best.step,
+            "metric": best.monitor,
+            "value": best.value,
         },
-        "model": {"dir": export["model_dir"], "version": export["version"]},
+        "model": {"dir": export.model_dir, "version": export.version},
         "blessing": {
-            "decision": export["blessing"],
-            "promoted": export["promoted"],
-            "production_version": export["production_version"],
-            "candidate_score": export["candidate_score"],
-            "production_score": export["production_score"],
+            "decision": export.decision,
+            "promoted": export.promoted,
+            "production_version": export.production_version,
+            "candidate_score": export.candidate_score,
+            "production_score": export.production_score,
         },
-        "predictions": {"paths": infer["predictions"], "rows": infer["rows"], "model_version": infer["model_version"]},
-        "step_seconds": {s: m["timings"]["seconds"] for s, m in manifests.items()},
+        "predictions": {"paths": infer.predictions, "rows": infer.rows, "model_version": infer.model_version},
+        "step_seconds": {**seconds, "inference": inference_seconds},
     }
 
 
@@ -145,6 +144,7 @@ def format_summary(summary: dict, reused_steps: list[str]) -> str:
     ]
     if reused_steps:
         lines.append(
-            f"  reused       {len(reused_steps)}/5 steps were already done and were skipped: {', '.join(reused_steps)}"
+            f"  reused       {len(reused_steps)}/{len(STEPS)} steps were already done and were skipped: "
+            f"{', '.join(reused_steps)}"
         )
     return "\n".join(lines)

@@ -22,21 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from contrail import artifacts
-from contrail.errors import InferenceError
-
-SCHEMA_FILE = "schema.json"
-INFO_FILE = "contrail.json"
-
-
-def production_version(pipeline_dir: Path) -> int | None:
-    path = pipeline_dir / "models" / "production.json"
-    if not path.is_file():
-        return None
-    return int(artifacts.read_json(path)["version"])
-
-
-def version_dir(pipeline_dir: Path, version: int) -> Path:
-    return pipeline_dir / "models" / str(int(version))
+from contrail.errors import InferenceError, translating
+from contrail.layout import ModelsLayout, PipelineLayout, VersionDir
 
 
 def signature_inputs(table: pa.Table, schema: dict, *, source: str = "input") -> dict[str, np.ndarray]:
@@ -149,36 +136,38 @@ def prediction_table(outputs: Mapping[str, np.ndarray], schema: dict, version: i
 
 def load_model(pipeline_dir: str | Path, version: int | None = None, *, models_dir: Path | None = None) -> LoadedModel:
     """Load the production model of a pipeline (or `version`), checking it is complete."""
-    import tensorflow as tf
-
     pipeline_dir = Path(pipeline_dir)
+    models = (
+        ModelsLayout(Path(models_dir)) if models_dir else PipelineLayout(pipeline_dir.parent, pipeline_dir.name).models
+    )
     if version is None:
-        version = production_version(pipeline_dir)
+        version = models.production_version()
         if version is None:
             raise InferenceError(
-                f"{pipeline_dir / 'models' / 'production.json'}: expected a production model, found none; "
-                "run the pipeline's export step first"
+                f"{models.production}: expected a production model, found none; run the pipeline's export step first",
+                path=str(models.production),
             )
-    path = (models_dir or pipeline_dir / "models") / str(int(version))
-    return load_version_dir(path, int(version), tf)
+    return load_version_dir(models.version(version).path, int(version))
 
 
-def load_version_dir(path: Path, version: int, tf=None, *, published: bool = True) -> LoadedModel:
-    """Load one version folder; `published=False` for a staged export not yet given its info file."""
-    if tf is None:
-        import tensorflow as tf
-    for required in ("saved_model.pb", SCHEMA_FILE, *((INFO_FILE,) if published else ())):
-        if not (path / required).is_file():
-            raise InferenceError(f"{path}: expected a complete model version with {required}, found it missing")
-    try:
+def load_version_dir(path: Path, version: int, *, published: bool = True) -> LoadedModel:
+    """Load one version folder; `published=False` for a staged export not yet given its record."""
+    import tensorflow as tf
+
+    folder = VersionDir(path)
+    for required in (folder.saved_model, folder.schema, *((folder.info,) if published else ())):
+        if not required.is_file():
+            raise InferenceError(
+                f"{path}: expected a complete model version with {required.name}, found it missing", path=str(path)
+            )
+    # broad: TF raises many types for a damaged SavedModel
+    with translating(InferenceError, f"{path}: the SavedModel cannot be loaded", path=str(path)):
         module = tf.saved_model.load(str(path))
-    except Exception as exc:  # broad: TF raises many types for a damaged SavedModel
-        raise InferenceError(f"{path}: the SavedModel cannot be loaded: {type(exc).__name__}: {exc}") from exc
     return LoadedModel(
         path=path,
         version=version,
-        schema=artifacts.read_json(path / SCHEMA_FILE),
-        info=artifacts.read_json(path / INFO_FILE) if published else {},
+        schema=artifacts.read_json(folder.schema),
+        info=artifacts.read_json(folder.info) if published else {},
         _module=module,
     )
 

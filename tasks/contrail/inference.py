@@ -7,7 +7,6 @@ exactly one output row per input row, each row carrying the model version that m
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from contrail import artifacts, data, serving
-from contrail.errors import InferenceError, UnknownCategoryError
+from contrail.errors import InferenceError, UnknownCategoryError, translate
+from contrail.layout import InferenceDir, ModelsLayout, expected_parts
 from contrail.progress import Progress
+from contrail.results import InferenceResult
 from contrail.spec import load_spec
+from contrail.step import StepRun
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +32,22 @@ SLICE_ROWS = 65_536
 class InferenceArgs:
     spec_path: str
     source: str  # the rendered inference.source glob
-    step_dir: str
-    pipeline_dir: str
+    step_dir: str  # the step's folder, or with inference.parallelism > 1 this part's (InferenceDir.part)
+    models_dir: str
     version: int | None = None  # None: the production version
     part: int = 0  # with inference.parallelism N, mapped task `part` scores files part, part+N, ...
     parts: int = 1
 
 
-def run(args: InferenceArgs) -> dict:
-    started = time.time()
+def run(args: InferenceArgs) -> InferenceResult:
     loaded = load_spec(args.spec_path)
     spec = loaded.spec
-    pipeline_dir, step_dir = Path(args.pipeline_dir), Path(args.step_dir)
-    version = args.version if args.version is not None else serving.production_version(pipeline_dir)
+    out, models = InferenceDir(Path(args.step_dir)), ModelsLayout(Path(args.models_dir))
+    version = args.version if args.version is not None else models.production_version()
     if version is None:
-        raise InferenceError(f"{pipeline_dir / 'models' / 'production.json'}: expected a production model, found none")
+        raise InferenceError(
+            f"{models.production}: expected a production model, found none", path=str(models.production)
+        )
     every = data.resolve_files(args.source, field=f"{loaded.path.name}: inference.source")
     numbered = list(enumerate(every))[args.part :: args.parts]
     files = [f for _, f in numbered]
@@ -52,17 +55,17 @@ def run(args: InferenceArgs) -> dict:
         log.info("Part %d of %d: %d file(s) in all, none for this part", args.part, args.parts, len(every))
     inputs = {str(f): {"sha256": artifacts.sha256_file(f), "bytes": f.stat().st_size} for f in files}
     fp = artifacts.fingerprint({"step": STEP, "version": version, "inputs": inputs, "key": spec.data.key})
-    reused = artifacts.reusable_result(step_dir, fp)
-    if reused is not None:
-        return reused
+    step = StepRun(STEP, InferenceResult, out.path, fp, inputs)
+    if (done := step.reusable()) is not None:
+        return done
 
-    model = serving.load_model(pipeline_dir, version)
+    model = serving.load_version_dir(models.version(version).path, version)
     schema = model.schema
     features = {f["name"]: f for f in schema["features"]}
     columns = data.required_columns(
         {n: spec.data.features[n] for n in features if n in spec.data.features}, None, spec.data.key
     )
-    with artifacts.staged_dir(step_dir) as staging:
+    with step.staged() as staging:
         rows_in, outputs = 0, {}
         progress = _progress(files, spec.inference.format)
         for k, (i, path) in enumerate(numbered):
@@ -77,32 +80,25 @@ def run(args: InferenceArgs) -> dict:
             if spec.data.key is not None:
                 predictions = predictions.add_column(0, spec.data.key, table.column(spec.data.key))
             if predictions.num_rows != table.num_rows:
-                raise InferenceError(f"{path}: expected {table.num_rows} prediction rows, found {predictions.num_rows}")
-            name = f"part-{i:05d}.parquet"
+                raise InferenceError(
+                    f"{path}: expected {table.num_rows} prediction rows, found {predictions.num_rows}", path=str(path)
+                )
+            name = InferenceDir.predictions_name(i)
             pq.write_table(predictions, staging / name, write_page_checksum=True)
             outputs[name] = table.num_rows
             rows_in += table.num_rows
             if progress.unit == "bytes":
                 progress.advance(path.stat().st_size)
             log.info("Scored %s: %d rows (%d/%d files)", path.name, table.num_rows, k + 1, len(files))
-        result = {
-            "step_dir": str(step_dir),
-            "predictions": [str(step_dir / n) for n in outputs],
-            "rows": rows_in,
-            "model_version": version,
-            "fingerprint": fp,
-            "reused": False,
-        }
-        artifacts.write_manifest(
-            staging,
-            step=STEP,
-            fingerprint_=fp,
-            inputs=inputs,
-            outputs=artifacts.describe_outputs(staging, list(outputs), outputs),
-            result=result,
-            started=started,
+        result = InferenceResult(
+            step_dir=str(out.path),
+            fingerprint=fp,
+            predictions=[str(out.path / n) for n in outputs],
+            rows=rows_in,
+            model_version=version,
         )
-    log.info("Wrote %d predictions with model version %d to %s", rows_in, version, step_dir)
+        step.commit(staging, result, list(outputs), outputs)
+    log.info("Wrote %d predictions with model version %d to %s", rows_in, version, out.path)
     return result
 
 
@@ -117,33 +113,30 @@ def _progress(files: list[Path], fmt: str) -> Progress:
     return Progress(log, "inference: scoring", sum(f.stat().st_size for f in files), unit="bytes")
 
 
-def collect(step_dir: Path) -> dict | None:
-    """The inference result of a run: the step's manifest, or with `inference.parallelism` > 1
-    the parts' manifests combined. None until every part has committed."""
-    manifest = artifacts.read_manifest(step_dir)
+def collect(step_dir: Path) -> tuple[InferenceResult, float] | None:
+    """The inference result of a run and its seconds: the step's manifest, or with
+    `inference.parallelism` > 1 the parts' manifests combined. None until every part has committed."""
+    out = InferenceDir(step_dir)
+    manifest = artifacts.read_manifest(out.path)
     if manifest is not None:
-        return {**manifest["result"], "seconds": manifest["timings"]["seconds"]}
-    parts = sorted(step_dir.glob("part-*-of-*"))
+        return InferenceResult.from_xcom(manifest["result"], source=str(out.manifest)), manifest["timings"]["seconds"]
+    parts = out.parts()
     if not parts:
         return None
-    expected = int(parts[0].name.rsplit("-", 1)[1])
-    manifests = [m for m in map(artifacts.read_manifest, parts) if m is not None]
-    if len(manifests) != expected:
+    manifests = [m for m in (artifacts.read_manifest(p.path) for p in parts) if m is not None]
+    if len(manifests) != expected_parts(parts[0].path):
         return None
-    results = [m["result"] for m in manifests]
-    return {
-        "step_dir": str(step_dir),
-        "predictions": sorted(p for r in results for p in r["predictions"]),
-        "rows": sum(r["rows"] for r in results),
-        "model_version": results[0]["model_version"],
-        "parts": len(results),
-        "reused": all(r.get("reused") for r in results),
-        "seconds": max(m["timings"]["seconds"] for m in manifests),  # the parts run side by side
-    }
-
-
-def part_dir(step_dir: Path, part: int, parts: int) -> Path:
-    return step_dir if parts == 1 else step_dir / f"part-{part:03d}-of-{parts:03d}"
+    results = [InferenceResult.from_xcom(m["result"], source=str(out.path)) for m in manifests]
+    combined = InferenceResult(
+        step_dir=str(out.path),
+        fingerprint=artifacts.fingerprint({"parts": [r.fingerprint for r in results]}),
+        predictions=sorted(p for r in results for p in r.predictions),
+        rows=sum(r.rows for r in results),
+        model_version=results[0].model_version,
+        parts=len(results),
+        reused=all(r.reused for r in results),
+    )
+    return combined, max(m["timings"]["seconds"] for m in manifests)  # the parts run side by side
 
 
 def _score(model: serving.LoadedModel, table: pa.Table, schema: dict, batch_size: int, path: Path) -> pa.Table:
@@ -151,15 +144,17 @@ def _score(model: serving.LoadedModel, table: pa.Table, schema: dict, batch_size
     try:
         outputs = model.predict_arrays(inputs, batch_size=batch_size)
     except Exception as exc:  # broad: TF raises its own error types; name the rows that failed
-        raise InferenceError(
-            f"{path}: the model could not score rows of this file: {type(exc).__name__}: {exc}"
+        raise translate(
+            exc, InferenceError, f"{path}: the model could not score rows of this file", path=str(path)
         ) from exc
     values = outputs.get("value", outputs.get("probabilities"))
     bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
     if bad.any():
         row = int(np.argmax(bad))
         raise InferenceError(
-            f"{path}: expected a finite prediction for every row, found {int(bad.sum())} non-finite, the first at row {row}"
+            f"{path}: expected a finite prediction for every row, found {int(bad.sum())} non-finite, "
+            f"the first at row {row}",
+            path=str(path),
         )
     return serving.prediction_table(outputs, schema, model.version)
 
@@ -174,5 +169,7 @@ def _check_categories(table: pa.Table, features: dict, tolerance: float, path: P
         if values and len(unknown) / len(values) > tolerance:
             raise UnknownCategoryError(
                 f"Feature {name!r} in {path}: expected at most {tolerance:.1%} values outside the model's "
-                f"vocabulary (data.max_oov_fraction), found {len(unknown) / len(values):.1%}, e.g. {unknown[0]!r}"
+                f"vocabulary (data.max_oov_fraction), found {len(unknown) / len(values):.1%}, e.g. {unknown[0]!r}",
+                path=str(path),
+                field=f"data.features.{name}",
             )

@@ -21,57 +21,77 @@ import math
 from pathlib import Path
 from typing import Any
 
-from contrail import artifacts
+from contrail import artifacts, history, inference, layout
+from contrail.layout import STEPS, RunLayout
+from contrail.results import (
+    ExportResult,
+    PreprocessResult,
+    SelectBestResult,
+    StepResult,
+    TrainResult,
+)
 
 log = logging.getLogger(__name__)
 
-REPORT = "report.html"
-STEPS = ("preprocess", "train", "select_best", "export", "inference")
 COLORS = {"train": "#4c78a8", "eval": "#e45756"}
+_RESULT_TYPES: dict[str, type[StepResult]] = {
+    "preprocess": PreprocessResult,
+    "train": TrainResult,
+    "select_best": SelectBestResult,
+    "export": ExportResult,
+}
 
 
 def write_report(run_dir: str | Path, spec: Any | None = None) -> Path | None:
     """Rebuild the report from what the run has committed so far. Never raises: a report is a
     view, and must not fail the step that refreshes it."""
-    run_dir = Path(run_dir)
+    run = RunLayout(Path(run_dir))
     try:
-        page = render(collect(run_dir, spec))
-        path = run_dir / REPORT
-        tmp = path.with_name(f".{REPORT}.tmp")
+        page = render(collect(run.path, spec))
+        tmp = run.report.with_name(f".{run.report.name}.tmp")
         tmp.write_text(page, encoding="utf-8")
-        tmp.replace(path)
-        return path
+        tmp.replace(run.report)
+        return run.report
     except Exception:  # broad: see the docstring
-        log.warning("Could not write the run report under %s", run_dir, exc_info=True)
+        log.warning("Could not write the run report under %s", run.path, exc_info=True)
         return None
+
+
+def step_results(run: RunLayout) -> dict[str, StepResult | None]:
+    """Each step's committed result (None for a step not committed yet), read from its manifest."""
+    results: dict[str, StepResult | None] = {}
+    for step, result_type in _RESULT_TYPES.items():
+        manifest = artifacts.read_manifest(run.step(step))
+        results[step] = result_type.from_xcom(manifest["result"], source=step) if manifest else None
+    collected = inference.collect(run.inference.path)
+    results["inference"] = collected[0] if collected else None
+    return results
+
+
+def latest_events(run: RunLayout) -> dict[str, dict]:
+    """The newest event of each step: the latest execution's timing and whether it reused."""
+    latest: dict[str, dict] = {}
+    for event in artifacts.read_events(run.events):
+        latest[event["step"]] = event
+    return latest
 
 
 def collect(run_dir: Path, spec: Any | None = None) -> dict:
     """Everything the report shows, read from the run's artifacts (all optional)."""
-    from contrail import inference
-    from contrail.train import read_history
-
-    manifests = {step: artifacts.read_manifest(run_dir / step) for step in STEPS[:-1]}
-    results = {step: (m or {}).get("result") for step, m in manifests.items()}
-    results["inference"] = inference.collect(run_dir / "inference")
-    history_path = run_dir / "train" / "history.jsonl"
-    history = read_history(history_path) if history_path.is_file() else []
-    stats_path = run_dir / "preprocess" / "stats.json"
-    blessing_path = run_dir / "export" / "blessing.json"
-    events = artifacts.read_events(run_dir)
-    latest: dict[str, dict] = {}
-    for event in events:
-        latest[event["step"]] = event
+    run = RunLayout(Path(run_dir))
+    results = step_results(run)
+    events = artifacts.read_events(run.events)
+    latest = latest_events(run)
     early = getattr(getattr(spec, "train", None), "early_stopping", None)
     return {
-        "pipeline": run_dir.parent.parent.name,
-        "run_key": run_dir.name,
-        "run_id": events[-1]["run_id"] if events else run_dir.name,
-        "run_dir": str(run_dir),
+        "pipeline": run.pipeline,
+        "run_key": run.key,
+        "run_id": events[-1]["run_id"] if events else run.key,
+        "run_dir": str(run.path),
         "results": results,
-        "history": history,
-        "stats": artifacts.read_json(stats_path) if stats_path.is_file() else None,
-        "blessing": artifacts.read_json(blessing_path) if blessing_path.is_file() else None,
+        "history": history.read_history(run.train.history) if run.train.history.is_file() else [],
+        "stats": artifacts.read_json(run.preprocess.stats) if run.preprocess.stats.is_file() else None,
+        "blessing": artifacts.read_json(run.export.blessing) if run.export.blessing.is_file() else None,
         "timings": {step: e["seconds"] for step, e in latest.items()},
         "reused": {step: e.get("reused", False) for step, e in latest.items()},
         "early_stopping": early.model_dump() if early is not None else None,
@@ -90,7 +110,7 @@ def render(info: dict) -> str:
     sections = [
         _training(info),
         _plots(info),
-        _blessing(info["blessing"], results.get("export")),
+        _blessing(info["blessing"]),
         _data(info["stats"], results.get("preprocess")),
         _timings(info),
         _artifacts(info),
@@ -114,9 +134,9 @@ def _training(info: dict) -> str:
         return '<section id="training"><h2>Training</h2><p>No evaluation yet.</p></section>'
     last = history[-1]
     early = info["early_stopping"] or {}
-    monitor = early.get("monitor") or (train or {}).get("monitor") or "val_loss"
+    monitor = early.get("monitor") or (train.monitor if train else None) or "val_loss"
     rows = [
-        ("Stop reason", train["stop_reason"] if train else "still training", "stop-reason"),
+        ("Stop reason", train.stop_reason if train else "still training", "stop-reason"),
         (
             "Evaluations",
             f"{len(history)} (step {last['step']}" + (f" of {info['max_steps']})" if info["max_steps"] else ")"),
@@ -135,7 +155,7 @@ def _training(info: dict) -> str:
         rows.append(
             (
                 "Selected checkpoint",
-                f"evaluation {best['eval_index']} (step {best['step']}), {best['monitor']} = {_num(best['value'])}",
+                f"evaluation {best.eval_index} (step {best.step}), {best.monitor} = {_num(best.value)}",
                 "selected",
             )
         )
@@ -150,12 +170,12 @@ def _plots(info: dict) -> str:
     train = info["results"].get("train")
     marks = []
     if best:
-        marks.append(("selected", best["step"], f"selected (eval {best['eval_index']})"))
+        marks.append(("selected", best.step, f"selected (eval {best.eval_index})"))
     es_best = history[-1]["best_eval_index"]
     es_step = next((r["step"] for r in history if r["eval_index"] == es_best), None)
-    if es_step is not None and (not best or es_step != best["step"]):
+    if es_step is not None and (not best or es_step != best.step):
         marks.append(("es-best", es_step, f"early-stopping best (eval {es_best})"))
-    if train and train.get("stop_reason") == "early_stopping":
+    if train and train.stop_reason == "early_stopping":
         marks.append(("early-stop", history[-1]["step"], f"early stop (eval {history[-1]['eval_index']})"))
     names = sorted({k.removeprefix("val_") for r in history for k in r["metrics"]})
     charts = []
@@ -233,7 +253,7 @@ def _chart(name: str, series: dict[str, list[tuple[int, float]]], marks: list) -
     return f'<figure><figcaption>{_e(name)}</figcaption>{"".join(parts)}<div class="legend">{legend}</div></figure>'
 
 
-def _blessing(blessing: dict | None, export: dict | None) -> str:
+def _blessing(blessing: dict | None) -> str:
     if not blessing:
         return '<section id="blessing"><h2>Promotion</h2><p>Not exported yet.</p></section>'
     metric = blessing["metric"]
@@ -265,14 +285,14 @@ def _blessing(blessing: dict | None, export: dict | None) -> str:
     return '<section id="blessing"><h2>Promotion</h2>' + _table(rows, escape=False) + "</section>"
 
 
-def _data(stats: dict | None, preprocess: dict | None) -> str:
+def _data(stats: dict | None, preprocess: PreprocessResult | None) -> str:
     if not stats or not preprocess:
         return '<section id="data"><h2>Data</h2><p>Not preprocessed yet.</p></section>'
     head = _table(
         [
-            ("Input rows", f"{preprocess['input_rows']:,}", "input-rows"),
-            ("Train / eval records", f"{preprocess['train_records']:,} / {preprocess['eval_records']:,}", "split"),
-            ("Eval share", f"{preprocess['eval_records'] / max(preprocess['input_rows'], 1):.1%}", None),
+            ("Input rows", f"{preprocess.input_rows:,}", "input-rows"),
+            ("Train / eval records", f"{preprocess.train_records:,} / {preprocess.eval_records:,}", "split"),
+            ("Eval share", f"{preprocess.eval_records / max(preprocess.input_rows, 1):.1%}", None),
         ]
     )
     rows = []
@@ -311,21 +331,21 @@ def _timings(info: dict) -> str:
 
 def _artifacts(info: dict) -> str:
     results = info["results"]
-    export = results.get("export") or {}
+    export, preprocess, train = results.get("export"), results.get("preprocess"), results.get("train")
+    best, inference = results.get("select_best"), results.get("inference")
     rows = [("Run folder", info["run_dir"], None)]
     if export:
-        rows.insert(0, ("Model version", f'<span id="model-version">{export["version"]}</span>', None))
-        rows.append(("SavedModel", _e(export["model_dir"]), None))
-    if results.get("preprocess"):
-        rows.append(("TFRecords", _e(results["preprocess"]["step_dir"]), None))
-    if results.get("train"):
-        rows.append(("Checkpoints", _e(results["train"]["checkpoint_dir"]), None))
-        rows.append(("TensorBoard", _e(str(Path(results["train"]["step_dir"]) / "tensorboard")), None))
-    if results.get("select_best"):
-        rows.append(("Selected checkpoint", _e(results["select_best"]["checkpoint"]), None))
-    if results.get("inference"):
-        inference = results["inference"]
-        rows.append(("Predictions", f"{inference['rows']:,} rows in {_e(inference['step_dir'])}", None))
+        rows.insert(0, ("Model version", f'<span id="model-version">{export.version}</span>', None))
+        rows.append(("SavedModel", _e(export.model_dir), None))
+    if preprocess:
+        rows.append(("TFRecords", _e(preprocess.step_dir), None))
+    if train:
+        rows.append(("Checkpoints", _e(train.checkpoint_dir), None))
+        rows.append(("TensorBoard", _e(str(layout.TrainDir(Path(train.step_dir)).tensorboard)), None))
+    if best:
+        rows.append(("Selected checkpoint", _e(best.checkpoint_path), None))
+    if inference:
+        rows.append(("Predictions", f"{inference.rows:,} rows in {_e(inference.step_dir)}", None))
     return '<section id="artifacts"><h2>Model and artifacts</h2>' + _table(rows, escape=False) + "</section>"
 
 

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from contrail.errors import CorruptRecordError, EmptyInputError, SchemaMismatchError
+from contrail.errors import CorruptRecordError, EmptyInputError, SchemaMismatchError, translate, translating
 from contrail.spec import FeatureSpec, LabelSpec
 
 _ARROW_TYPE = {"float": pa.float64(), "int": pa.int64(), "string": pa.string()}
@@ -63,20 +63,21 @@ def read_table(path: Path, fmt: str, columns: list[Column]) -> pa.Table:
 
 
 def _read_parquet(path: Path, names: list[str]) -> pa.Table:
-    try:
+    with translating(CorruptRecordError, str(path), expected="a readable Parquet file", path=str(path)):
         schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise CorruptRecordError(f"{path}: expected a readable Parquet file, found: {exc}") from exc
     missing = [n for n in names if n not in schema.names]
     if missing:
         raise SchemaMismatchError(
             f"{path}: expected column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}, "
             f"found only {', '.join(map(repr, schema.names))}"
         )
-    try:
+    with translating(
+        CorruptRecordError,
+        f"{path}: Parquet data cannot be read back",
+        path=str(path),
+        catch=(pa.ArrowException, OSError),
+    ):
         return pq.read_table(path, columns=names, page_checksum_verification=True)
-    except (pa.ArrowException, OSError) as exc:
-        raise CorruptRecordError(f"{path}: Parquet data cannot be read back: {exc}") from exc
 
 
 def _read_csv(path: Path, columns: list[Column]) -> pa.Table:
@@ -85,10 +86,11 @@ def _read_csv(path: Path, columns: list[Column]) -> pa.Table:
         header = pacsv.open_csv(path).schema.names
     except pa.ArrowInvalid as exc:
         if "Empty CSV file" in str(exc):
-            raise EmptyInputError(f"{path}: expected a CSV header and rows, found an empty file") from exc
-        if "columns, got" in str(exc):
-            raise SchemaMismatchError(f"{path}: expected every row to have the header's fields, found: {exc}") from exc
-        raise SchemaMismatchError(f"{path}: expected a well-formed CSV file, found: {exc}") from exc
+            raise EmptyInputError(
+                f"{path}: expected a CSV header and rows, found an empty file", path=str(path)
+            ) from exc
+        expected = "every row to have the header's fields" if "columns, got" in str(exc) else "a well-formed CSV file"
+        raise translate(exc, SchemaMismatchError, str(path), expected=expected, path=str(path)) from exc
     missing = [c.name for c in columns if c.name not in header]
     if missing:
         raise SchemaMismatchError(
@@ -103,12 +105,12 @@ def _read_csv(path: Path, columns: list[Column]) -> pa.Table:
             ),
         )
     except pa.ArrowInvalid as exc:
-        message = str(exc)
-        if "CSV conversion error" in message:
-            raise SchemaMismatchError(f"{path}: a value does not have its spec type: {message}") from exc
-        raise SchemaMismatchError(
-            f"{path}: expected every row to have the header's fields ({len(header)}), found: {message}"
-        ) from exc
+        if "CSV conversion error" in str(exc):
+            raise translate(
+                exc, SchemaMismatchError, f"{path}: a value does not have its spec type", path=str(path)
+            ) from exc
+        expected = f"every row to have the header's fields ({len(header)})"
+        raise translate(exc, SchemaMismatchError, str(path), expected=expected, path=str(path)) from exc
 
 
 def _checked(array: pa.ChunkedArray, column: Column, path: Path) -> pa.ChunkedArray:

@@ -36,11 +36,7 @@ class EvalEarlyStopping:
         self.state = EarlyStoppingState(**(state or {}))
 
     def _is_improvement(self, current: float, reference: float | None) -> bool:
-        if reference is None:
-            return True
-        if self.mode == "min":
-            return current < reference - self.min_delta
-        return current > reference + self.min_delta
+        return reference is None or is_improvement(current, reference, self.mode, self.min_delta)
 
     def update(self, current: float, eval_index: int) -> bool:
         """Record one evaluation; return True when training should stop."""
@@ -66,8 +62,9 @@ class EvalEarlyStopping:
         return asdict(self.state)
 
 
-def is_better(current: float, reference: float, mode: str, min_delta: float = 0.0) -> bool:
-    """The blessing rule: strictly better than `reference` by more than `min_delta`."""
+def is_improvement(current: float, reference: float, mode: str, min_delta: float = 0.0) -> bool:
+    """The one improvement rule, for early stopping and the blessing alike: strictly better than
+    `reference` by more than `min_delta`, in the direction `mode` ('min' or 'max') says."""
     if mode == "min":
         return current < reference - min_delta
     return current > reference + min_delta

@@ -14,6 +14,7 @@ the same merge, in the same order, so their output is identical, byte for byte.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,27 +26,28 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from contrail import artifacts, cache, data, example_encoder, framing, tfrecord
-from contrail.errors import EmptyInputError, UnknownCategoryError
+from contrail import artifacts, cache, data, example_encoder, framing, layout, tfrecord
+from contrail.errors import ArtifactError, EmptyInputError, SchemaMismatchError, UnknownCategoryError
+from contrail.layout import PartDir, PreprocessDir
 from contrail.progress import Progress
-from contrail.spec import DataSpec, load_spec
+from contrail.results import PartResult, PreprocessResult
+from contrail.spec import DataSpec, LoadedSpec, load_spec
+from contrail.step import StepRun
 
 log = logging.getLogger(__name__)
 
 STEP = "preprocess"
-SCHEMA = "schema.json"
-STATS = "stats.json"
+PART_STEP = "preprocess-part"
 # Bumped whenever the same inputs would give other bytes (the split hash, the record layout),
 # so neither this run's manifest nor the cross-run cache hands back output of an older format.
 FORMAT = 2
-PART_RECORDS = "records.arrow"
-PART_PARTIALS = "partials.json"
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,22 @@ class PreprocessArgs:
 
 @dataclass(frozen=True)
 class PartArgs:
+    """One group of the fan-out's plan (the mapped task's argument, as XCom)."""
+
     spec_path: str
     files: list[str]  # this part's files, in source order
     part_dir: str
     fingerprint: str = ""  # the whole step's, from `plan`: a part is reused only for the same inputs
+
+    def to_xcom(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_xcom(cls, value: Any) -> PartArgs:
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(value, dict) or not {"spec_path", "files", "part_dir"} <= set(value) <= names:
+            raise ArtifactError(f"preprocess_plan: expected a group with {sorted(names)}, found {value!r}")
+        return cls(**value)
 
 
 @dataclass
@@ -74,7 +88,7 @@ class _Part:
     eval: list[pa.Array] = field(default_factory=list)
 
 
-def _inputs_and_fingerprint(args: PreprocessArgs, loaded) -> tuple[list[Path], dict, str]:
+def _inputs_and_fingerprint(args: PreprocessArgs, loaded: LoadedSpec) -> tuple[list[Path], dict, str]:
     spec = loaded.spec.data
     files = data.resolve_files(args.source, field=f"{loaded.path.name}: data.source")
     inputs = cache.content_fingerprints(files, Path(args.cache_dir) if args.cache_dir else None)
@@ -82,98 +96,92 @@ def _inputs_and_fingerprint(args: PreprocessArgs, loaded) -> tuple[list[Path], d
     return files, inputs, fp
 
 
-def plan(args: PreprocessArgs, parallelism: int) -> list[dict]:
-    """The fan-out's groups of files (`PartArgs` fields), or none when the step's output is
-    already complete (this run's, or another run's with the same content)."""
-    loaded = load_spec(args.spec_path)
-    files, _, fp = _inputs_and_fingerprint(args, loaded)
-    step_dir = Path(args.step_dir)
+def _step_run(args: PreprocessArgs, fp: str, inputs: dict) -> StepRun[PreprocessResult]:
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
-    if artifacts.reusable_result(step_dir, fp) is not None or cache.lookup(cache_dir, STEP, fp) not in (None, step_dir):
+    return StepRun(STEP, PreprocessResult, Path(args.step_dir), fp, inputs, cache_dir=cache_dir)
+
+
+def plan(args: PreprocessArgs, parallelism: int) -> list[PartArgs]:
+    """The fan-out's groups of files, each written to a part folder of the run; none when the
+    step's output is already complete (this run's, or another run's with the same content)."""
+    loaded = load_spec(args.spec_path)
+    files, inputs, fp = _inputs_and_fingerprint(args, loaded)
+    step = _step_run(args, fp, inputs)
+    if step.reusable() is not None or step.cached() is not None:
         log.info("Preprocess output for fingerprint %s exists; nothing to fan out", fp[:12])
         return []
     groups = [g for g in np.array_split(np.arange(len(files)), min(parallelism, len(files))) if len(g)]
-    parts_dir = step_dir.parent / f"{STEP}-parts"
+    run_dir = layout.RunLayout(Path(args.step_dir).parent)
     return [
-        {
-            "spec_path": args.spec_path,
-            "files": [str(files[i]) for i in group],
-            "part_dir": str(parts_dir / f"part-{k:05d}-of-{len(groups):05d}"),
-            "fingerprint": fp,
-        }
+        PartArgs(
+            spec_path=args.spec_path,
+            files=[str(files[i]) for i in group],
+            part_dir=str(run_dir.part(k, len(groups)).path),
+            fingerprint=fp,
+        )
         for k, group in enumerate(groups)
     ]
 
 
-def run_part(args: PartArgs) -> dict:
+def run_part(args: PartArgs) -> PartResult:
     """Read, check, split, summarize and encode one group of files into `part_dir`."""
-    started = time.time()
     loaded = load_spec(args.spec_path)
-    part_dir = Path(args.part_dir)
-    fp = artifacts.fingerprint({"step": f"{STEP}-part", "step_fingerprint": args.fingerprint, "files": args.files})
-    reused = artifacts.reusable_result(part_dir, fp)
-    if reused is not None:
-        return reused
+    part_dir = PartDir(Path(args.part_dir))
+    fp = artifacts.fingerprint({"step": PART_STEP, "step_fingerprint": args.fingerprint, "files": args.files})
+    step = StepRun(PART_STEP, PartResult, part_dir.path, fp, {"files": args.files})
+    if (done := step.reusable()) is not None:
+        return done
     part = _process_files([Path(f) for f in args.files], loaded.spec.data)
-    with artifacts.staged_dir(part_dir) as staging:
-        train, evals = _concat(part.train), _concat(part.eval)
+    train, evals = _concat(part.train), _concat(part.eval)
+    with step.staged() as staging:
+        staged = PartDir(staging)
         table = pa.table(
             {
                 "split": pa.array(["train"] * len(train) + ["eval"] * len(evals)).dictionary_encode(),
                 "record": pa.concat_arrays([train, evals]),
             }
         )
-        with ipc.new_file(staging / PART_RECORDS, table.schema) as writer:
+        with ipc.new_file(staged.records, table.schema) as writer:
             writer.write_table(table)
-        artifacts.write_json_atomic(staging / PART_PARTIALS, part.partials)
-        result = {
-            "part_dir": str(part_dir),
-            "files": args.files,
-            "train": len(train),
-            "eval": len(evals),
-            "reused": False,
-        }
-        artifacts.write_manifest(
-            staging,
-            step=f"{STEP}-part",
-            fingerprint_=fp,
-            inputs={"files": args.files},
-            outputs=artifacts.describe_outputs(staging, [PART_RECORDS, PART_PARTIALS]),
-            result=result,
-            started=started,
+        artifacts.write_json_atomic(staged.partials, part.partials)
+        result = PartResult(
+            step_dir=str(part_dir.path), fingerprint=fp, files=list(args.files), train=len(train), eval=len(evals)
         )
-    log.info("Part %s: %d files, %d train and %d eval records", part_dir.name, len(args.files), len(train), len(evals))
+        step.commit(staging, result, [staged.records.name, staged.partials.name])
+    log.info(
+        "Part %s: %d files, %d train and %d eval records", part_dir.path.name, len(args.files), len(train), len(evals)
+    )
     return result
 
 
-def run(args: PreprocessArgs) -> dict:
-    """Convert the source data; return the XCom result (paths and counts, never data).
+def run(args: PreprocessArgs) -> PreprocessResult:
+    """Convert the source data; return the result (paths and counts, never data).
 
     With `parts` (the fan-out's reduce), the records and partial statistics come from the
     folders `run_part` wrote; otherwise every file is processed here."""
-    started = time.time()
     loaded = load_spec(args.spec_path)
     spec = loaded.spec.data
-    step_dir = Path(args.step_dir)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else None
+    out = PreprocessDir(Path(args.step_dir))
     files, inputs, fp = _inputs_and_fingerprint(args, loaded)
-    reused = artifacts.reusable_result(step_dir, fp)
-    if reused is not None:
-        log.info("Preprocess output for %s is complete and current; reusing %s", loaded.spec.name, step_dir)
-        return reused
-    source = cache.lookup(cache_dir, STEP, fp)
-    if source is not None and source != step_dir:
-        return _from_cache(source, step_dir, fp, inputs, started)
+    step = _step_run(args, fp, inputs)
+    if (done := step.reusable()) is not None:
+        return done
+    if (source := step.cached()) is not None:
+        return _from_cache(step, source)
 
     part = _load_parts(args.parts, files) if args.parts else _process_files(files, spec)
     train_records, eval_records = _concat(part.train), _concat(part.eval)
     rows = sum(p["rows"] for p in part.partials)
     if rows == 0:
-        raise EmptyInputError(f"{args.source}: expected at least one data row, found 0 rows in {len(files)} file(s)")
+        raise EmptyInputError(
+            f"{args.source}: expected at least one data row, found 0 rows in {len(files)} file(s)", path=args.source
+        )
     if len(train_records) == 0 or len(eval_records) == 0:
         raise EmptyInputError(
             f"{args.source}: expected rows in both splits (eval_fraction={spec.split.eval_fraction}), "
-            f"found {len(train_records)} train and {len(eval_records)} eval rows out of {rows}"
+            f"found {len(train_records)} train and {len(eval_records)} eval rows out of {rows}",
+            path=args.source,
+            field="data.split.eval_fraction",
         )
     schema, stats = merge_partials(part.partials, spec, loaded.spec.name)
     _check_oov(stats, spec, args.source)
@@ -183,7 +191,7 @@ def run(args: PreprocessArgs) -> dict:
     order = np.random.default_rng(spec.split.seed).permutation(len(train_records))
     splits = {"train": train_records.take(pa.array(order)), "eval": eval_records}
     written_so_far = Progress(log, "preprocess: writing TFRecords", rows, unit="records")
-    with artifacts.staged_dir(step_dir) as staging:
+    with step.staged() as staging:
         jobs = []
         for split, records in splits.items():
             n_shards = max(1, math.ceil(len(records) / spec.shard_rows))
@@ -196,28 +204,23 @@ def run(args: PreprocessArgs) -> dict:
             outputs[path.name] = written
             log.info("Wrote %s: %d records", path.name, written)
             written_so_far.advance(written)
-        artifacts.write_json_atomic(staging / SCHEMA, schema)
-        artifacts.write_json_atomic(staging / STATS, stats)
-        entries = artifacts.describe_outputs(staging, [*outputs, SCHEMA, STATS], outputs)
-        result = {
-            "step_dir": str(step_dir),
-            "schema": str(step_dir / SCHEMA),
-            "stats": str(step_dir / STATS),
-            "train_files": [str(step_dir / n) for n in outputs if n.startswith("train-")],
-            "eval_files": [str(step_dir / n) for n in outputs if n.startswith("eval-")],
-            "train_records": len(train_records),
-            "eval_records": len(eval_records),
-            "input_rows": rows,
-            "compression": spec.compression,
-            "fingerprint": fp,
-            "reused": False,
-        }
-        if args.parts:
-            result["parts"] = len(args.parts)
-        artifacts.write_manifest(
-            staging, step=STEP, fingerprint_=fp, inputs=inputs, outputs=entries, result=result, started=started
+        staged = PreprocessDir(staging)
+        artifacts.write_json_atomic(staged.schema, schema)
+        artifacts.write_json_atomic(staged.stats, stats)
+        result = PreprocessResult(
+            step_dir=str(out.path),
+            fingerprint=fp,
+            schema=str(out.schema),
+            stats=str(out.stats),
+            train_files=[str(out.path / n) for n in outputs if n.startswith("train-")],
+            eval_files=[str(out.path / n) for n in outputs if n.startswith("eval-")],
+            train_records=len(train_records),
+            eval_records=len(eval_records),
+            input_rows=rows,
+            compression=spec.compression,
+            parts=len(args.parts) if args.parts else None,
         )
-    cache.record(cache_dir, STEP, fp, step_dir)
+        step.commit(staging, result, [*outputs, out.schema.name, out.stats.name], outputs)
     for part_dir in args.parts or ():  # intermediate: the committed shards supersede them
         shutil.rmtree(part_dir, ignore_errors=True)
     log.info(
@@ -225,7 +228,7 @@ def run(args: PreprocessArgs) -> dict:
         rows,
         len(train_records),
         len(eval_records),
-        time.time() - started,
+        time.time() - step.started,
     )
     return result
 
@@ -254,22 +257,21 @@ def _process_files(files: list[Path], spec: DataSpec) -> _Part:
 def _load_parts(part_dirs: Sequence[str], files: list[Path]) -> _Part:
     part = _Part()
     covered: list[str] = []
-    for part_dir in part_dirs:
-        manifest = artifacts.read_manifest(Path(part_dir))
+    for folder in part_dirs:
+        part_dir = PartDir(Path(folder))
+        manifest = artifacts.read_manifest(part_dir.path)
         if manifest is None:
-            raise EmptyInputError(f"{part_dir}: expected a committed preprocess part, found none")
-        covered += manifest["result"]["files"]
-        part.partials += json.loads((Path(part_dir) / PART_PARTIALS).read_text())
-        with ipc.open_file(Path(part_dir) / PART_RECORDS) as reader:
+            raise ArtifactError(f"{part_dir.path}: expected a committed preprocess part, found none", path=folder)
+        covered += PartResult.from_xcom(manifest["result"], source=str(part_dir.manifest)).files
+        part.partials += json.loads(part_dir.partials.read_text())
+        with ipc.open_file(part_dir.records) as reader:
             table = reader.read_all()
         split = table.column("split").combine_chunks().dictionary_decode()
         record = table.column("record").combine_chunks()
         part.train.append(record.filter(pc.equal(split, "train")))
         part.eval.append(record.filter(pc.equal(split, "eval")))
     if covered != [str(f) for f in files]:
-        raise EmptyInputError(
-            f"preprocess parts: expected the files {[str(f) for f in files]} in order, found {covered}"
-        )
+        raise ArtifactError(f"preprocess parts: expected the files {[str(f) for f in files]} in order, found {covered}")
     return part
 
 
@@ -302,27 +304,27 @@ def _packed(spec: DataSpec) -> list[str]:
     return names if len(names) >= 2 else []
 
 
-def _from_cache(source: Path, step_dir: Path, fp: str, inputs: dict, started: float) -> dict:
+def _from_cache(step: StepRun[PreprocessResult], source: Path) -> PreprocessResult:
     """This run's output, hard-linked from an earlier run's with the same content fingerprint."""
-    earlier = artifacts.read_manifest(source)["result"]
-    with artifacts.staged_dir(step_dir) as staging:
+    earlier = PreprocessResult.from_xcom(artifacts.read_manifest(source)["result"], source=str(source))
+    out = PreprocessDir(step.step_dir)
+    with step.staged() as staging:
         entries = cache.link_outputs(source, staging)
-        result = {
-            **earlier,
-            "step_dir": str(step_dir),
-            "schema": str(step_dir / SCHEMA),
-            "stats": str(step_dir / STATS),
-            "train_files": [str(step_dir / Path(f).name) for f in earlier["train_files"]],
-            "eval_files": [str(step_dir / Path(f).name) for f in earlier["eval_files"]],
-            "reused": False,
-            "cache_hit": True,
-            "reused_from": str(source),
-        }
-        artifacts.write_manifest(
-            staging, step=STEP, fingerprint_=fp, inputs=inputs, outputs=entries, result=result, started=started
+        result = earlier.replace(
+            step_dir=str(out.path),
+            schema=str(out.schema),
+            stats=str(out.stats),
+            train_files=[str(out.path / Path(f).name) for f in earlier.train_files],
+            eval_files=[str(out.path / Path(f).name) for f in earlier.eval_files],
+            reused=False,
+            cache_hit=True,
+            reused_from=str(source),
         )
+        step.commit(staging, result, entries)
     log.info(
-        "Same data and data spec as %s (fingerprint %s): hard-linked its output instead of recomputing", source, fp[:12]
+        "Same data and data spec as %s (fingerprint %s): hard-linked its output instead of recomputing",
+        source,
+        step.fingerprint[:12],
     )
     return result
 
@@ -520,12 +522,15 @@ def _merge_label(parts: list[dict], spec: DataSpec) -> tuple[dict, dict]:
     classes = sorted({c for p in parts for c in p["classes"]})
     label.update(dtype="string" if classes and isinstance(classes[0], str) else "int", classes=classes)
     if spec.label.task == "binary" and len(classes) != 2:
-        raise EmptyInputError(
+        raise SchemaMismatchError(
             f"Label {spec.label.column!r}: expected exactly 2 classes for a binary task, "
-            f"found {len(classes)}: {classes[:10]}"
+            f"found {len(classes)}: {classes[:10]}",
+            field="data.label",
         )
     if len(classes) < 2:
-        raise EmptyInputError(f"Label {spec.label.column!r}: expected at least 2 classes, found {classes}")
+        raise SchemaMismatchError(
+            f"Label {spec.label.column!r}: expected at least 2 classes, found {classes}", field="data.label"
+        )
     stats = {
         "train_class_counts": dict(_merge_counts([p["train_counts"] for p in parts])),
         "eval_class_counts": dict(_merge_counts([p["eval_counts"] for p in parts])),
@@ -540,7 +545,9 @@ def _check_oov(stats: dict, spec: DataSpec, source: str) -> None:
             raise UnknownCategoryError(
                 f"Feature {name!r} in {source}: expected at most {spec.max_oov_fraction:.1%} of eval values "
                 f"outside the train vocabulary (data.max_oov_fraction), found {stat['eval_oov_fraction']:.1%} "
-                f"({stat['eval_oov_count']} values)"
+                f"({stat['eval_oov_count']} values)",
+                path=source,
+                field=f"data.features.{name}",
             )
 
 

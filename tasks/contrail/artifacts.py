@@ -1,15 +1,9 @@
-"""Artifact layout, atomic publishing and manifests, shared by every step.
+"""Atomic publishing, manifests and the run's event log, shared by every step.
 
-Layout (DESIGN.md §3)::
-
-    <root>/<pipeline>/runs/<run_key>/<step>/...   one folder per step and run
-    <root>/<pipeline>/models/<version>/           SavedModels, TF Serving layout
-    <root>/<pipeline>/models/production.json      the blessed version
-
-A step builds its output in a staging folder beside the final one and publishes it with one
+Where things go is `contrail.layout`'s business; this module writes and reads them. A step builds its output in a staging folder beside the final one and publishes it with one
 `os.rename`, so a reader never sees half an output. `manifest.json` is written last: its
 presence is the commit. A step whose manifest records the same fingerprint (config and inputs)
-is skipped and returns the result stored in the manifest.
+is skipped and returns the result stored in the manifest (`contrail.step` runs that lifecycle).
 """
 
 from __future__ import annotations
@@ -18,53 +12,16 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"
+from contrail.layout import MANIFEST
+
 FORMAT_VERSION = 1
-
-
-def run_key(run_id: str) -> str:
-    """A filesystem-safe, collision-free folder name for an Airflow run id.
-
-    `manual__2026-01-01T00:00:00+00:00` becomes `manual__2026-01-01T00-00-00-00-00-1a2b3c4d`: readable,
-    and the hash keeps two run ids that sanitize alike apart.
-    """
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", run_id).strip("-.")[:80] or "run"
-    return f"{safe}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
-
-
-@dataclass(frozen=True)
-class PipelinePaths:
-    """Where one pipeline's artifacts live."""
-
-    root: Path
-    pipeline: str
-
-    @property
-    def base(self) -> Path:
-        return self.root / self.pipeline
-
-    @property
-    def models(self) -> Path:
-        return self.base / "models"
-
-    @property
-    def production(self) -> Path:
-        return self.models / "production.json"
-
-    def run(self, key: str) -> Path:
-        return self.base / "runs" / key
-
-    def step(self, key: str, step: str) -> Path:
-        return self.run(key) / step
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -171,7 +128,7 @@ def read_manifest(step_dir: Path) -> dict | None:
 
 
 def reusable_result(step_dir: Path, fingerprint_: str) -> dict | None:
-    """The stored result of a committed step with the same fingerprint, else None.
+    """The stored result (XCom form) of a committed step with the same fingerprint, else None.
 
     Every output the manifest lists must still exist with its recorded size, so a step whose
     files were deleted or cut runs again instead of handing on a broken path.
@@ -183,15 +140,10 @@ def reusable_result(step_dir: Path, fingerprint_: str) -> dict | None:
         path = step_dir / entry["path"]
         if not path.exists() or (path.is_file() and path.stat().st_size != entry.get("bytes", -1)):
             return None
-    result = dict(manifest["result"])
-    result["reused"] = True
-    return result
+    return dict(manifest["result"])
 
 
-EVENTS = "events"
-
-
-def record_event(run_dir: Path, event: Mapping[str, Any]) -> None:
+def record_event(events_dir: Path, event: Mapping[str, Any]) -> None:
     """Add one record to the run's event log (which step ran, whether it was reused).
 
     One small file per event (`events/<time>-<random>.json`): concurrent writers (mapped
@@ -199,14 +151,14 @@ def record_event(run_dir: Path, event: Mapping[str, Any]) -> None:
     object store, where nothing can be appended to.
     """
     now = time.time_ns()
-    folder = run_dir / EVENTS
+    folder = events_dir
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / f"{now:020d}-{uuid.uuid4().hex[:8]}.json", {"time": now / 1e9, **event})
 
 
-def read_events(run_dir: Path) -> list[dict]:
+def read_events(events_dir: Path) -> list[dict]:
     """The run's events, oldest first."""
-    folder = run_dir / EVENTS
+    folder = events_dir
     if not folder.is_dir():
         return []
     return [read_json(path) for path in sorted(folder.glob("*.json"))]

@@ -29,16 +29,16 @@ import time
 from pathlib import Path
 
 from contrail import artifacts
+from contrail.layout import FILE_HASHES
 
 log = logging.getLogger(__name__)
 
 RACY_SECONDS = 2.0
-HASHES = "file-hashes.json"
 
 
 def content_fingerprints(files: list[Path], cache_dir: Path | None) -> dict[str, dict]:
     """`{path: {"sha256", "bytes"}}` for each file, hashing only files whose stat changed."""
-    known = _read(cache_dir / HASHES) if cache_dir else {}
+    known = _read(cache_dir / FILE_HASHES) if cache_dir else {}
     out, changed = {}, False
     for path in files:
         stat = path.stat()
@@ -57,7 +57,7 @@ def content_fingerprints(files: list[Path], cache_dir: Path | None) -> dict[str,
             log.info("Hashed %s (%d bytes) in %.2fs", path, stat.st_size, time.time() - started)
         out[str(path)] = {"sha256": entry["sha256"], "bytes": entry["bytes"]}
     if cache_dir and changed:
-        artifacts.write_json_atomic(cache_dir / HASHES, known)  # a cache: the last writer wins
+        artifacts.write_json_atomic(cache_dir / FILE_HASHES, known)  # a cache: the last writer wins
     return out
 
 

@@ -1,6 +1,7 @@
 """`contrail`: the command line that works without a running Airflow.
 
-contrail lint [SPEC ...]              validate specs (default: dags/pipelines/*.yaml)
+contrail lint [SPEC ...]              validate specs (default: every spec in $CONTRAIL_SPEC_DIR,
+                                       else dags/pipelines)
 contrail demo-data                     write the penguins demo data under the data folder
 contrail summary PIPELINE RUN_ID       print a run's summary and write it as JSON
 """
@@ -12,13 +13,13 @@ import sys
 from pathlib import Path
 
 from contrail import config
-from contrail.errors import SpecError
+from contrail.errors import ContrailError, SpecError
 
 
 def _lint(args: argparse.Namespace) -> int:
     from contrail.spec import discover_specs, load_spec
 
-    paths = [Path(p) for p in args.specs] or discover_specs(config.project_root() / "dags" / "pipelines")
+    paths = [Path(p) for p in args.specs] or discover_specs(config.spec_dir())
     if not paths:
         print("contrail lint: no spec files found", file=sys.stderr)
         return 2
@@ -48,28 +49,26 @@ def _demo_data(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from contrail import artifacts
+    from contrail import artifacts, layout
     from contrail.demo import format_summary, summarize
+    from contrail.report import latest_events
     from contrail.spec import find_spec
     from contrail.storage import Workspace
 
     find_spec(args.pipeline, config.spec_dir())
     with Workspace(config.artifact_location(), config.scratch_dir()) as workspace:
         # A remote root: its run records (small JSON files) are enough for the summary.
-        workspace.pull(f"{args.pipeline}/runs/{artifacts.run_key(args.run_id)}", include=("*.json", "*.jsonl"))
+        workspace.pull_records(layout.run_rel(args.pipeline, args.run_id))
         summary = summarize(workspace.root, args.pipeline, args.run_id)
-        events = artifacts.read_events(Path(summary["run_dir"]))
+        latest = latest_events(layout.RunLayout(Path(summary["run_dir"])))
         summary = workspace.to_remote(summary)
         default_out = (
             workspace.root if not workspace.remote else config.project_root() / "artifacts"
         ) / "demo-summary.json"
     # Steps the latest execution of this run reused rather than recomputed.
-    latest: dict[str, dict] = {}
-    for event in events:
-        latest[event["step"]] = event
     reused = [s for s, e in latest.items() if e.get("reused")]
     summary["reused_steps"] = reused
-    summary["idempotent_rerun"] = len(reused) == 5
+    summary["idempotent_rerun"] = len(reused) == len(layout.STEPS)
     out = Path(args.output) if args.output else default_out
     artifacts.write_json_atomic(out, summary)
     print(format_summary(summary, reused))
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except SpecError as exc:
+    except ContrailError as exc:
         print(f"contrail: {exc}", file=sys.stderr)
         return 2
 

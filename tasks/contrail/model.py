@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from contrail.errors import TrainingError
+from contrail import layout
+from contrail.errors import TrainingError, translate
 from contrail.spec import LoadedSpec, TrainSpec
 from contrail.tfrecord import INT_MISSING, PACKED_FEATURE
 
@@ -68,7 +69,13 @@ def load_build_fn(loaded: LoadedSpec) -> Callable[[dict, dict], Any]:
         else:
             module = importlib.import_module(spec.module)
     except Exception as exc:  # broad: any error in user code must name the spec that points at it
-        raise TrainingError(f"{where}: cannot import module {spec.module!r}: {type(exc).__name__}: {exc}") from exc
+        raise translate(
+            exc,
+            TrainingError,
+            f"{where}: cannot import module {spec.module!r}",
+            path=str(local),
+            field="model.build_fn",
+        ) from exc
     fn = getattr(module, spec.function, None)
     if not callable(fn):
         raise TrainingError(f"{where}: expected a function {spec.function!r} in {module.__file__}, found none")
@@ -97,7 +104,7 @@ def build_model(schema: dict, loaded: LoadedSpec, params: dict, build_fn: Callab
     try:
         hidden = build_fn(dict(encoded), dict(params))
     except Exception as exc:  # broad: user code can raise anything; say where it came from
-        raise TrainingError(f"{where} raised {type(exc).__name__}: {exc}") from exc
+        raise translate(exc, TrainingError, f"{where} raised", sep=" ", field="model.build_fn") from exc
     shape = getattr(hidden, "shape", None)
     if shape is None or len(shape) != 2:
         raise TrainingError(
@@ -283,24 +290,23 @@ def distribution_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
-WARM_START_DIR = "warm_start"
-
-
 def save_warm_start(model: keras.Model, directory: Path) -> None:
     """Save the weights, and the layout they fit, so a later run can warm-start from them."""
     directory.mkdir(parents=True, exist_ok=True)
-    tf.train.Checkpoint(model=model).write(str(directory / "ckpt"))
-    layout = [[w.path, list(w.shape)] for w in model.weights]
-    (directory / "layout.json").write_text(json.dumps(layout))
+    tf.train.Checkpoint(model=model).write(layout.checkpoint_prefix(directory))
+    weights = [[w.path, list(w.shape)] for w in model.weights]
+    (directory / layout.WARM_START_LAYOUT).write_text(json.dumps(weights))
 
 
 def warm_start(model: keras.Model, version_dir: Path) -> None:
     """Load the weights a published version was exported with, if the architecture matches."""
-    directory = version_dir / WARM_START_DIR
+    directory = layout.VersionDir(version_dir).warm_start
     try:
-        saved = json.loads((directory / "layout.json").read_text())
+        saved = json.loads((directory / layout.WARM_START_LAYOUT).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise TrainingError(f"{directory}: expected warm-start weights in the model version, found none") from exc
+        raise TrainingError(
+            f"{directory}: expected warm-start weights in the model version, found none", path=str(directory)
+        ) from exc
     ours = [[w.path, list(w.shape)] for w in model.weights]
     # Compare positions and shapes: Keras numbers layer names per process (dense, dense_1, ...).
     for i in range(max(len(saved), len(ours))):
@@ -312,7 +318,7 @@ def warm_start(model: keras.Model, version_dir: Path) -> None:
                 f"warm start from {version_dir}: layer {layer!r} (weight {i}) differs: the production model has "
                 f"{_describe(theirs)}, this model has {_describe(mine)}"
             )
-    tf.train.Checkpoint(model=model).read(str(directory / "ckpt")).expect_partial()
+    tf.train.Checkpoint(model=model).read(layout.checkpoint_prefix(directory)).expect_partial()
 
 
 def _describe(entry: list | None) -> str:
@@ -323,7 +329,3 @@ def set_seeds(seed: int, deterministic: bool) -> None:
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
-
-
-def checkpoint_path(directory: Path) -> str:
-    return str(directory / "ckpt")

@@ -1,0 +1,201 @@
+"""The blessing: is the candidate better than production, and if so, make it production.
+
+`decide` is the rule, pure: scores in, a decision and its reason out. `promote` is its I/O:
+under the pipeline's promotion lock it reads `production.json`, scores candidate and
+production on the same rows, decides, and moves `production.json` only for a promotion. The
+blessing record it returns always says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from contrail import artifacts, serving
+from contrail.early_stopping import is_improvement
+from contrail.errors import ExportError, InferenceError, translate
+from contrail.layout import ModelsLayout
+from contrail.spec import metric_mode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision: str  # first_model, better, not_better or forced
+    promoted: bool
+    reason: str
+
+
+def decide(
+    candidate: Mapping[str, float],
+    production: Mapping[str, float] | None,
+    rule: Mapping,
+    *,
+    production_version: int | None,
+    force: bool = False,
+    note: str | None = None,
+) -> Decision:
+    """The blessing rule. `production_version` is None when there is no production model;
+    `production` (its scores) is None also when it exists but could not be scored (`note` says
+    why), and then the candidate is promoted."""
+    metric = rule["metric"]
+    mode = metric_mode(metric, rule["mode"])
+    value = candidate[metric]
+    if force:
+        return Decision("forced", True, f"forced by the force_promote param ({metric}={value:.6g})")
+    if production_version is None:
+        return Decision("first_model", True, f"first model for this pipeline ({metric}={value:.6g})")
+    if production is None:
+        return Decision("better", True, f"{note}; promoting the candidate ({metric}={value:.6g})")
+    versus = (
+        f"production v{production_version} {production[metric]:.6g} ({mode}, min_improvement={rule['min_improvement']})"
+    )
+    if is_improvement(value, production[metric], mode, rule["min_improvement"]):
+        return Decision("better", True, f"{metric} {value:.6g} beats {versus}")
+    return Decision("not_better", False, f"{metric} {value:.6g} does not beat {versus}")
+
+
+@contextlib.contextmanager
+def promotion_lock(models: ModelsLayout) -> Iterator[None]:
+    """Serialize promotions of one pipeline across processes (and, on NFS, across hosts)."""
+    with models.promotion_lock.open("a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def promote(
+    models: ModelsLayout,
+    candidate: serving.LoadedModel,
+    serialized: np.ndarray,
+    targets: np.ndarray,
+    rule: Mapping,
+    *,
+    force: bool = False,
+    run_key: str = "",
+) -> dict:
+    """Bless the candidate if it beats production on the same eval rows; always say why."""
+    task = candidate.schema["label"]["task"]
+    with promotion_lock(models):
+        current = read_production(models.production)
+        if current is not None and int(current["version"]) == candidate.version:
+            log.info("Version %d is already production", candidate.version)
+            return {**current["blessing"], "promoted": True}
+        candidate_score = serving.score(candidate.predict_examples(serialized), targets, task)
+        production_score, note, schema_change = None, None, None
+        if current is not None:
+            production, note = _load_production(models, current, candidate.version, force)
+            if production is not None:
+                schema_change = _schema_change(production.schema, candidate.schema)
+                try:
+                    production_score = serving.score(production.predict_examples(serialized), targets, task)
+                except Exception as exc:  # broad: TF raises its own types when the schema changed shape
+                    note = f"production v{current['version']} cannot score this run's eval data ({type(exc).__name__})"
+        decision = decide(
+            candidate_score,
+            production_score,
+            rule,
+            production_version=int(current["version"]) if current else None,
+            force=force,
+            note=note,
+        )
+        reason = decision.reason
+        if schema_change:
+            reason += (
+                f"; the schema changed ({_describe_change(schema_change)}), so both were scored on this run's eval data"
+            )
+        blessing = {
+            "decision": decision.decision,
+            "promoted": decision.promoted,
+            "reason": reason,
+            "metric": rule["metric"],
+            "mode": metric_mode(rule["metric"], rule["mode"]),
+            "candidate_version": candidate.version,
+            "candidate_score": candidate_score,
+            "production_version": candidate.version if decision.promoted else int(current["version"]),
+            "previous_version": int(current["version"]) if current else None,
+            "production_score": production_score,
+            "eval_rows": int(len(targets)),
+            "compared_on": f"the eval split of run {run_key} ({len(targets)} rows), scored by both models",
+            "schema_change": schema_change,
+            "note": note,
+            "run_key": run_key,
+            "time": time.time(),
+        }
+        if decision.promoted:
+            record = {
+                "version": candidate.version,
+                "path": str(models.version(candidate.version).path),
+                "blessing": blessing,
+                "history": [
+                    *(current or {}).get("history", []),
+                    {k: blessing[k] for k in ("decision", "candidate_version", "previous_version", "time")},
+                ],
+            }
+            artifacts.write_json_atomic(models.production, record)
+        return blessing
+
+
+def _load_production(
+    models: ModelsLayout, current: dict, candidate_version: int, force: bool
+) -> tuple[serving.LoadedModel | None, str | None]:
+    """Production's model, or (None, why) when it cannot be loaded and `force` says go on."""
+    production_dir = models.version(current["version"]).path
+    try:
+        return serving.load_version_dir(production_dir, int(current["version"])), None
+    except InferenceError as exc:
+        if not force:
+            raise ExportError(
+                f"{production_dir}: the production model named by {models.production} cannot be loaded, "
+                f"so the candidate v{candidate_version} cannot be compared and nothing was promoted "
+                f"({exc}). Restore that version, or trigger with force_promote.",
+                path=str(production_dir),
+            ) from exc
+        return None, f"the production model at {production_dir} cannot be loaded"
+
+
+def read_production(path: Path) -> dict | None:
+    """`production.json`, or None before the first promotion."""
+    if not path.is_file():
+        return None
+    try:
+        record = artifacts.read_json(path)
+        int(record["version"])
+        return record
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise translate(
+            exc,
+            ExportError,
+            str(path),
+            expected="a production record with an integer 'version'",
+            found="an unreadable file",
+            then="nothing was promoted",
+            path=str(path),
+        ) from exc
+
+
+def _schema_change(old: dict, new: dict) -> dict | None:
+    """Features added, removed or retyped between the production model and the candidate."""
+    before = {f["name"]: f["type"] for f in old["features"]}
+    after = {f["name"]: f["type"] for f in new["features"]}
+    change = {
+        "added": sorted(set(after) - set(before)),
+        "removed": sorted(set(before) - set(after)),
+        "retyped": sorted(n for n in set(before) & set(after) if before[n] != after[n]),
+    }
+    return change if any(change.values()) else None
+
+
+def _describe_change(change: dict) -> str:
+    parts = [f"{kind} {', '.join(names)}" for kind, names in change.items() if names]
+    return "; ".join(parts)

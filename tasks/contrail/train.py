@@ -1,0 +1,343 @@
+"""Step 2, train: tf.data over the TFRecords → Keras, evaluated every `eval_every_steps`.
+
+The loop trains a round, evaluates, updates early stopping, and hands the evaluation to its
+handlers (`contrail.train_handlers`): checkpoint, history, retention, TensorBoard, report,
+publish, progress. Every evaluation's checkpoint holds the model, the optimizer, the
+data-iterator position, the step and the early-stopping state, so a retried task resumes from
+the newest complete one: it neither restarts nor forgets how long it has been waiting to stop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contrail import artifacts, tfrecord
+from contrail.errors import TrainingError
+from contrail.faults import failpoint
+from contrail.layout import ModelsLayout, TrainDir, checkpoint_record
+from contrail.progress import Progress
+from contrail.results import PreprocessResult, TrainResult
+from contrail.spec import EarlyStoppingSpec, LoadedSpec, TrainSpec, load_spec
+from contrail.step import StepRun
+from contrail.train_handlers import (
+    Checkpoints,
+    Evaluation,
+    Handler,
+    HistoryWriter,
+    ProgressLog,
+    Publisher,
+    ReportWriter,
+    Retention,
+    TensorBoardWriter,
+)
+
+log = logging.getLogger(__name__)
+
+STEP = "train"
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    spec_path: str
+    preprocess: PreprocessResult
+    step_dir: str
+    params: dict = field(default_factory=dict)  # trigger-time overrides of model.params
+    train_overrides: dict = field(default_factory=dict)  # e.g. {"max_steps": 200, "batch_size": 32}
+    models_dir: str | None = None  # the pipeline's models/ folder: where train.warm_start looks
+    on_checkpoint: Callable[[], None] | None = None  # called after each evaluation's checkpoint is written
+
+
+def effective_config(loaded: LoadedSpec, params: dict, train_overrides: dict) -> tuple[dict, TrainSpec]:
+    """The spec's params and train settings with trigger-time overrides applied."""
+    merged = {**loaded.spec.model.params, **params}
+    train = loaded.spec.train.model_copy(update=train_overrides) if train_overrides else loaded.spec.train
+    return merged, train
+
+
+def run(args: TrainArgs) -> TrainResult:
+    loaded = load_spec(args.spec_path)
+    params, train = effective_config(loaded, args.params, args.train_overrides)
+    warm_start_from = _warm_start_source(train, args.models_dir)
+    fp = artifacts.fingerprint(
+        {
+            "step": STEP,
+            "examples": args.preprocess.fingerprint,
+            "params": params,
+            "train": train.model_dump(),
+            "build_fn": loaded.spec.model.build_fn,
+            "build_fn_source": _build_fn_source_hash(loaded),
+            # The version, not its path: a copy of a remote root sits in a new folder per task.
+            "warm_start_from": Path(warm_start_from).name if warm_start_from else None,
+        }
+    )
+    step = StepRun(STEP, TrainResult, Path(args.step_dir), fp, {"examples": args.preprocess.fingerprint})
+    if (done := step.reusable()) is not None:
+        return done
+    _verify_examples(args.preprocess)
+    return _Trainer(step, loaded, params, train, args.preprocess, warm_start_from, args.on_checkpoint).fit()
+
+
+def _warm_start_source(train: TrainSpec, models_dir: str | None) -> str | None:
+    """The production version folder to warm-start from, if the spec asks and one exists."""
+    if not train.warm_start or not models_dir:
+        return None
+    models = ModelsLayout(Path(models_dir))
+    if not models.production.is_file():
+        log.info("train.warm_start: no production model in %s yet; starting from scratch", models_dir)
+        return None
+    return str(models.version(artifacts.read_json(models.production)["version"]).path)
+
+
+def _build_fn_source_hash(loaded: LoadedSpec) -> str | None:
+    local = loaded.model_dir / (loaded.spec.model.module.replace(".", "/") + ".py")
+    return hashlib.sha256(local.read_bytes()).hexdigest() if local.is_file() else None
+
+
+def _verify_examples(preprocess: PreprocessResult) -> None:
+    """Check every shard against the record count in the preprocess manifest before training."""
+    step_dir = Path(preprocess.step_dir)
+    manifest = artifacts.read_manifest(step_dir)
+    if manifest is None:
+        raise TrainingError(
+            f"{step_dir}: expected a committed preprocess manifest, found none", path=preprocess.step_dir
+        )
+    shards = [(step_dir / o["path"], o["records"]) for o in manifest["outputs"] if "records" in o]
+    tfrecord.verify_counts(shards, compression=preprocess.compression)
+
+
+class _Trainer:
+    def __init__(
+        self,
+        step: StepRun[TrainResult],
+        loaded: LoadedSpec,
+        params: dict,
+        train: TrainSpec,
+        preprocess: PreprocessResult,
+        warm_start_from: str | None,
+        on_checkpoint: Callable[[], None] | None,
+    ):
+        self.step, self.loaded, self.params, self.train = step, loaded, params, train
+        self.preprocess, self.warm_start_from, self.on_checkpoint = preprocess, warm_start_from, on_checkpoint
+        self.dir = TrainDir(step.step_dir)
+        self.schema = artifacts.read_json(Path(preprocess.schema))
+        self.early_stopping = train.early_stopping or EarlyStoppingSpec(patience=10**9)
+
+    def fit(self) -> TrainResult:
+        import tensorflow as tf
+
+        from contrail import model as model_lib
+        from contrail.early_stopping import EvalEarlyStopping
+
+        train = self.train
+        model_lib.set_seeds(train.seed, train.deterministic)
+        self._mark_running()
+        strategy = model_lib.distribution_strategy(train.strategy)
+        replicated = strategy.num_replicas_in_sync > 1
+        log.info("Training with the %s strategy over %d replica(s)", train.strategy, strategy.num_replicas_in_sync)
+        # Keras' multi-step loop fails to compile under MirroredStrategy (a placeholder without
+        # a feed inside its while loop), so replicated training runs one step per call.
+        spe = 1 if replicated else _steps_per_execution(train.eval_every_steps, train.max_steps)
+        with strategy.scope():
+            model = model_lib.build_model(self.schema, self.loaded, self.params)
+            model_lib.compile_model(model, self.schema["label"], train, self.params, spe)
+        eval_ds = model_lib.make_dataset(
+            self.preprocess.eval_files,
+            self.schema,
+            batch_size=max(train.batch_size, 256),
+            compression=self.preprocess.compression,
+            training=False,
+        )
+        if replicated:
+            # A tf.distribute iterator cannot be checkpointed: restore the model and optimizer,
+            # then continue with a shuffle seeded by the evaluation index reached.
+            checkpoints = self._checkpoints(tf.train.Checkpoint(model=model, optimizer=model.optimizer))
+            state = checkpoints.restore()
+            seed = train.seed + (state["eval_index"] if state else 0)
+            iterator = iter(strategy.experimental_distribute_dataset(self._train_dataset(seed)))
+        else:
+            iterator = iter(self._train_dataset(train.seed))
+            checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, iterator=iterator)
+            checkpoints = self._checkpoints(checkpoint)
+            state = checkpoints.restore()
+        if state is None and self.warm_start_from:
+            model_lib.warm_start(model, Path(self.warm_start_from))
+        stopper = EvalEarlyStopping(self.early_stopping, state["early_stopping"] if state else None)
+        history: list[dict] = state["history"] if state else []
+        step = int(model.optimizer.iterations.numpy())
+        stop_reason = None
+        if state is not None:
+            log.info("Resumed from %s at step %d, evaluation %d", state["checkpoint"], step, len(history))
+            if stopper.state.stopped_eval_index is not None or step >= train.max_steps:
+                stop_reason = "resumed_complete"
+        self.dir.path.mkdir(parents=True, exist_ok=True)
+        history_writer = HistoryWriter(self.dir)
+        if state is not None:
+            history_writer.write(history)  # the restored checkpoint's, not a later attempt's
+        model.make_train_function()
+        handlers = self._handlers(checkpoints, history_writer, step)
+        while stop_reason is None:
+            evaluation, should_stop = self._round(model, iterator, eval_ds, spe, replicated, stopper, history)
+            for handler in handlers:
+                handler.on_evaluation(evaluation)
+            if should_stop:
+                stop_reason = "early_stopping"
+            elif evaluation.step >= train.max_steps:
+                stop_reason = "max_steps"
+        for handler in handlers:
+            handler.on_train_end()
+        return self._commit(history, stopper, stop_reason, strategy.num_replicas_in_sync)
+
+    def _checkpoints(self, checkpoint) -> Checkpoints:
+        return Checkpoints(
+            self.dir, checkpoint, self.step.fingerprint, self.train.keep_checkpoints, self.early_stopping
+        )
+
+    def _handlers(self, checkpoints: Checkpoints, history_writer: HistoryWriter, step: int) -> list[Handler]:
+        handlers = [
+            checkpoints,
+            history_writer,
+            Retention(checkpoints),
+            TensorBoardWriter(self.dir),
+            ReportWriter(self.dir.path.parent, self.loaded.spec),
+        ]
+        if self.on_checkpoint is not None:
+            handlers.append(Publisher(self.on_checkpoint))  # e.g. to a remote artifact root
+        return [*handlers, ProgressLog(self.early_stopping, self.train.max_steps, step)]
+
+    def _train_dataset(self, seed: int):
+        from contrail import model as model_lib
+
+        return model_lib.make_dataset(
+            self.preprocess.train_files,
+            self.schema,
+            batch_size=self.train.batch_size,
+            compression=self.preprocess.compression,
+            training=True,
+            shuffle_buffer=self.train.shuffle_buffer,
+            seed=seed,
+            records=self.preprocess.train_records,
+            packed=(self.schema.get("train_packing") or {}).get("columns", ()),
+        )
+
+    def _round(self, model, iterator, eval_ds, spe: int, replicated: bool, stopper, history: list[dict]):
+        """Train up to the next evaluation, evaluate, and update early stopping; append the
+        evaluation's record to `history`. Returns the evaluation and whether to stop."""
+        train, monitor = self.train, self.early_stopping.monitor
+        step = int(model.optimizer.iterations.numpy())
+        eval_index = len(history) + 1
+        round_steps = min(train.eval_every_steps, train.max_steps - step)
+        model.reset_metrics()
+        started, logs = time.time(), {}
+        # Between evaluations (the evaluation logs itself): a line every 30 s of a long round.
+        ticks = Progress(log, f"training to evaluation {eval_index}", round_steps, "steps", 30, log_at_end=False)
+        for _ in range(math.ceil(round_steps / spe)):
+            logs = model.train_function(iterator)
+            ticks.advance(spe)
+        failpoint(f"train.before_eval.{eval_index}")
+        train_seconds = time.time() - started
+        step = int(model.optimizer.iterations.numpy())
+        train_metrics = {k: float(v) for k, v in model.get_metrics_result().items()} or {
+            k: float(v) for k, v in logs.items()
+        }
+        metrics = {**train_metrics, **_evaluate(model, eval_ds, self.schema, replicated)}
+        if any(math.isnan(v) for v in metrics.values()):
+            raise TrainingError(
+                f"{self.loaded.path.name}: the loss became NaN at evaluation {eval_index}, step {step}: "
+                f"{metrics}. Lower model.params.learning_rate or check the data for extreme values.",
+                path=str(self.loaded.path),
+                field="model.params.learning_rate",
+            )
+        if monitor not in metrics:
+            raise TrainingError(
+                f"{self.loaded.path.name}: train.early_stopping.monitor={monitor!r} is not a metric "
+                f"this model reports; expected one of {', '.join(sorted(metrics))}",
+                path=str(self.loaded.path),
+                field="train.early_stopping.monitor",
+            )
+        should_stop = stopper.update(metrics[monitor], eval_index)
+        record = {
+            "eval_index": eval_index,
+            "step": step,
+            "metrics": metrics,
+            "checkpoint": checkpoint_record(eval_index),
+            "wall_time": time.time(),
+            "train_seconds": round(train_seconds, 4),
+            "examples_per_sec": round(round_steps * train.batch_size / max(train_seconds, 1e-9), 1),
+            "best": stopper.state.best,
+            "best_eval_index": stopper.state.best_eval_index,
+            "wait": stopper.state.wait,
+        }
+        history.append(record)
+        evaluation = Evaluation(eval_index, step, metrics, record, history, stopper.as_dict())
+        return evaluation, should_stop
+
+    def _mark_running(self) -> None:
+        """Say who is training here: a person (or a test) can find the process to inspect."""
+        self.dir.path.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json_atomic(
+            self.dir.running, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        )
+
+    def _commit(self, history: list[dict], stopper, stop_reason: str, replicas: int) -> TrainResult:
+        if not history:
+            raise TrainingError(f"{self.dir.path}: training finished without a single evaluation")
+        last = history[-1]
+        result = TrainResult(
+            step_dir=str(self.dir.path),
+            fingerprint=self.step.fingerprint,
+            checkpoint_dir=str(self.dir.checkpoints),
+            history=str(self.dir.history),
+            evaluations=len(history),
+            final_step=last["step"],
+            stop_reason=stop_reason,
+            strategy=self.train.strategy,
+            replicas=replicas,
+            monitor=self.early_stopping.monitor,
+            best_value=stopper.state.best,
+            best_eval_index=stopper.state.best_eval_index,
+        )
+        self.step.commit(self.dir.path, result, [self.dir.history.name])
+        log.info(
+            "Training stopped (%s) after %d evaluations at step %d; best %s=%.5g at evaluation %s",
+            stop_reason,
+            len(history),
+            last["step"],
+            self.early_stopping.monitor,
+            stopper.state.best,
+            stopper.state.best_eval_index,
+        )
+        return result
+
+
+def _evaluate(model, eval_ds, schema: dict, replicated: bool) -> dict[str, float]:
+    """Metrics on the whole eval split, named `val_*`."""
+    if not replicated:
+        return {f"val_{k}": float(v) for k, v in model.evaluate(eval_ds, verbose=0, return_dict=True).items()}
+    # Keras' evaluate fails under MirroredStrategy with string inputs (it tries to AddN them
+    # across replicas): predict batch by batch instead, and score as export's blessing does.
+    import numpy as np
+
+    from contrail import serving
+    from contrail.model import head_outputs
+
+    outputs, targets = [], []
+    for features, target in eval_ds:
+        outputs.append(model(features, training=False).numpy())
+        targets.append(target.numpy())
+    task = schema["label"]["task"]
+    return serving.score(head_outputs(np.concatenate(outputs), task), np.concatenate(targets), task)
+
+
+def _steps_per_execution(eval_every: int, max_steps: int, cap: int = 32) -> int:
+    """The largest divisor of both the cadence and max_steps up to `cap`, so that the
+    multi-step training call never runs past an evaluation."""
+    g = math.gcd(eval_every, max_steps)
+    return max(d for d in range(1, min(cap, g) + 1) if g % d == 0)

@@ -1,0 +1,219 @@
+"""What happens at each evaluation of training, one handler per concern.
+
+The training loop (`contrail.train`) calls, in order, `on_evaluation(evaluation)` of each
+handler after every evaluation, and `on_train_end()` once when it stops: the shape of Keras
+callbacks. Each handler can be built and driven alone (tests do), and none of them decides
+anything about training itself.
+
+- `Checkpoints`: each evaluation's checkpoint (model, optimizer, data-iterator position and the
+  early-stopping state), published by one rename; the newest complete one restored on a retry;
+  retention of the best and the last few.
+- `HistoryWriter`: `history.jsonl`, rewritten from the history saved with the checkpoint.
+- `TensorBoardWriter`: every metric as a scalar summary.
+- `ReportWriter`: the run report, so the curves show while training still runs.
+- `Publisher`: a callback after each checkpoint (a remote artifact root uploads it).
+- `ProgressLog`: one line per evaluation with the metrics, patience left, throughput and ETA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from contrail import artifacts, history, layout, report
+from contrail.faults import failpoint
+from contrail.layout import TrainDir
+from contrail.spec import EarlyStoppingSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation, as the handlers see it."""
+
+    eval_index: int
+    step: int
+    metrics: dict[str, float]
+    record: dict[str, Any]  # its history.jsonl line
+    history: list[dict]  # every record so far, this one last
+    early_stopping: dict[str, Any]  # the early-stopping state after this evaluation
+
+
+class Handler:
+    """Does nothing; subclasses override what they need."""
+
+    def on_evaluation(self, evaluation: Evaluation) -> None:
+        pass
+
+    def on_train_end(self) -> None:
+        pass
+
+
+class Checkpoints(Handler):
+    """Checkpoints under `train_dir/checkpoints/ckpt-NNNNN/`, each committed by its `state.json`.
+
+    :param checkpoint: the `tf.train.Checkpoint` to write and restore
+    :param fingerprint: the training config's; checkpoints of another config are discarded
+    :param keep: how many of the newest checkpoints retention keeps (besides the best ones)
+    :param early_stopping: the rule whose best checkpoints retention never deletes
+    """
+
+    def __init__(
+        self, train_dir: TrainDir, checkpoint: Any, fingerprint: str, keep: int, early_stopping: EarlyStoppingSpec
+    ) -> None:
+        self.dir = train_dir
+        self.checkpoint = checkpoint
+        self.fingerprint = fingerprint
+        self.keep = keep
+        self.early_stopping = early_stopping
+
+    def restore(self) -> dict | None:
+        """Restore the newest complete checkpoint written under this fingerprint; return its
+        state (with `checkpoint`, the folder it came from), or None to start from scratch."""
+        root = self.dir.checkpoints
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)  # a write that a kill interrupted
+        for directory in reversed(self.dir.checkpoint_dirs()):
+            try:
+                state = artifacts.read_json(layout.checkpoint_state(directory))
+            except (OSError, ValueError):
+                log.warning("Skipping incomplete checkpoint %s", directory)
+                continue
+            if state.get("fingerprint") != self.fingerprint:
+                log.warning("Discarding checkpoints from a different config in %s", root)
+                for other in self.dir.checkpoint_dirs():
+                    shutil.rmtree(other, ignore_errors=True)
+                return None
+            self.checkpoint.read(layout.checkpoint_prefix(directory)).assert_consumed()
+            return {**state, "checkpoint": str(directory)}
+        return None
+
+    def on_evaluation(self, evaluation: Evaluation) -> None:
+        final = self.dir.checkpoint(evaluation.eval_index)
+        staging = final.parent / f".staging-{final.name}-{uuid.uuid4().hex[:6]}"
+        staging.mkdir(parents=True)
+        self.checkpoint.write(layout.checkpoint_prefix(staging))
+        state = {
+            "fingerprint": self.fingerprint,
+            "eval_index": evaluation.eval_index,
+            "step": evaluation.step,
+            "early_stopping": evaluation.early_stopping,
+            "history": evaluation.history,
+        }
+        failpoint(f"train.checkpoint_write.{evaluation.eval_index}")  # tensors written, state not yet
+        artifacts.write_json_atomic(layout.checkpoint_state(staging), state)
+        if final.exists():  # left by an attempt whose history this one has rewound past
+            shutil.rmtree(final)
+        os.rename(staging, final)
+
+    def retain(self, evaluation: Evaluation) -> None:
+        """Keep the best checkpoints and the last `keep`; never delete a best one.
+
+        "Best" twice: early stopping's best (an improvement must beat `min_delta`) and the
+        evaluation with the best `monitor` value outright, which select_best may choose.
+        """
+        directories = self.dir.checkpoint_dirs()
+        keep = {d.name for d in directories[-self.keep :]}
+        best_index = evaluation.early_stopping.get("best_eval_index")
+        if best_index is not None:
+            keep.add(layout.checkpoint_name(best_index))
+        outright = history.best_record(evaluation.history, self.early_stopping)
+        keep.add(layout.checkpoint_name(outright["eval_index"]))
+        for directory in directories:
+            if directory.name not in keep:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+class HistoryWriter(Handler):
+    """`history.jsonl`: the history saved with the newest checkpoint, one line per evaluation."""
+
+    def __init__(self, train_dir: TrainDir) -> None:
+        self.path = train_dir.history
+
+    def write(self, records: list[dict]) -> None:
+        history.write_history(self.path, records)
+
+    def on_evaluation(self, evaluation: Evaluation) -> None:
+        self.write(evaluation.history)
+
+
+class Retention(Handler):
+    """Retention runs after the history names the new checkpoint (see `Checkpoints.retain`)."""
+
+    def __init__(self, checkpoints: Checkpoints) -> None:
+        self.checkpoints = checkpoints
+
+    def on_evaluation(self, evaluation: Evaluation) -> None:
+        self.checkpoints.retain(evaluation)
+
+
+class TensorBoardWriter(Handler):
+    def __init__(self, train_dir: TrainDir) -> None:
+        import tensorflow as tf
+
+        self.tf = tf
+        self.writer = tf.summary.create_file_writer(str(train_dir.tensorboard))
+
+    def on_evaluation(self, evaluation: Evaluation) -> None:
+        with self.writer.as_default(step=evaluation.step):
+            for name, value in evaluation.metrics.items():
+                self.tf.summary.scalar(name, value)
+        self.writer.flush()
+
+    def on_train_end(self) -> None:
+        self.writer.close()
+
+
+class ReportWriter(Handler):
+    def __init__(self, run_dir: Path, spec: Any) -> None:
+        self.run_dir, self.spec = run_dir, spec
+
+    def on_evaluation(self, evaluation: Evaluation) -> None:
+        report.write_report(self.run_dir, self.spec)  # the curves so far
+
+
+class Publisher(Handler):
+    """Calls `publish` after each evaluation's checkpoint and records are written."""
+
+    def __init__(self, publish: Callable[[], None]) -> None:
+        self.publish = publish
+
+    def on_evaluation(self, evaluation: Evaluation) -> None:
+        self.publish()
+
+
+class ProgressLog(Handler):
+    """`eval N | step s/max | examples/s | metrics | best | patience left | ETA`."""
+
+    def __init__(self, early_stopping: EarlyStoppingSpec, max_steps: int, start_step: int) -> None:
+        self.early_stopping = early_stopping
+        self.max_steps = max_steps
+        self.start_step = start_step
+        self.started = time.time()
+
+    def on_evaluation(self, evaluation: Evaluation) -> None:
+        record = evaluation.record
+        rate = (evaluation.step - self.start_step) / max(time.time() - self.started, 1e-9)
+        eta = (self.max_steps - evaluation.step) / rate if rate > 0 else float("nan")
+        log.info(
+            "eval %d | step %d/%d | %.0f examples/s | %s | best %s=%.5g (eval %s) | patience left %d | ETA <= %.0fs",
+            evaluation.eval_index,
+            evaluation.step,
+            self.max_steps,
+            record["examples_per_sec"],
+            " ".join(f"{k}={v:.4g}" for k, v in sorted(evaluation.metrics.items())),
+            self.early_stopping.monitor,
+            record["best"],
+            record["best_eval_index"],
+            max(0, self.early_stopping.patience - record["wait"]),
+            eta,
+        )
