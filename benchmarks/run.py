@@ -116,6 +116,7 @@ def bench_train(work: Path, rows: int, repeat: int) -> None:
 
     from contrail import model as model_lib
     from contrail import preprocess, train
+    from contrail.history import read_history
     from contrail.spec import load_spec
 
     table = synthetic(rows)
@@ -139,11 +140,11 @@ def bench_train(work: Path, rows: int, repeat: int) -> None:
         ours = []
         for i in range(repeat):
             result = train.run(train.TrainArgs(str(spec_path), pre, str(work / f"train{batch_size}-{i}")))
-            rounds = [r["examples_per_sec"] for r in train.read_history(result["history"])[1:]]
+            rounds = [r["examples_per_sec"] for r in read_history(result.history)[1:]]
             ours.append(statistics.median(rounds))
         # The ceiling: the same model and steps, fit on numpy arrays already in memory.
         loaded = load_spec(spec_path)
-        schema = json.loads(Path(pre["schema"]).read_text())
+        schema = json.loads(Path(pre.schema).read_text())
         x = {f"x{i:02d}": table.column(f"x{i:02d}").to_numpy() for i in range(20)}
         y = table.column("label").to_numpy().astype(np.float32)
         ceiling = []
@@ -360,6 +361,7 @@ def bench_inference(work: Path, rows: int, repeat: int) -> None:
 
     from contrail import export, preprocess, select_best, serving, train
     from contrail import model as model_lib
+    from contrail.layout import checkpoint_prefix
 
     rows = min(rows, 200_000)
     table = synthetic(rows, seed=3)
@@ -384,15 +386,15 @@ def bench_inference(work: Path, rows: int, repeat: int) -> None:
             run_key="b",
         )
     )
-    loaded = serving.load_model(work, models_dir=work / "models", version=result["version"])
+    loaded = serving.load_model(work, models_dir=work / "models", version=result.version)
     inputs = serving.signature_inputs(table, loaded.schema)
-    serialized = model_lib.read_serialized(pre["train_files"], "none")[:rows]
+    serialized = model_lib.read_serialized(pre.train_files, "none")[:rows]
     keras_model = model_lib.build_model(
         loaded.schema,
         __import__("contrail.spec", fromlist=["load_spec"]).load_spec(spec_path),
         {"hidden_units": [32, 16]},
     )
-    tf.train.Checkpoint(model=keras_model).read(model_lib.checkpoint_path(Path(best["checkpoint"]))).expect_partial()
+    tf.train.Checkpoint(model=keras_model).read(checkpoint_prefix(Path(best.checkpoint_path))).expect_partial()
     best_ratio = None
     for batch in (1024, 4096, 16384):
         predict_s = median_time(lambda b=batch: loaded.predict_arrays(inputs, batch_size=b), repeat)

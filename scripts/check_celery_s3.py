@@ -21,12 +21,12 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import yaml
     from airflow_cluster import AirflowCluster
     from object_store import S3Server
+    from tests_support import spec_variant
 
-    from contrail import artifacts
     from contrail.demo import write_penguins
+    from contrail.layout import run_rel
 
     home = Path(tempfile.mkdtemp(prefix="celery-s3-"))
     write_penguins(home / "data")
@@ -35,12 +35,8 @@ def main() -> None:
     for i in range(4):
         pq.write_table(table.slice(i * 86, 86), home / "data" / "score" / f"b{i}.parquet")
     specs = home / "pipelines"
-    specs.mkdir()
-    spec = yaml.safe_load((ROOT / "dags/pipelines/penguins.yaml").read_text())
-    spec["data"]["parallelism"] = 2
-    spec["inference"].update(source="{{ data_dir }}/score/*.parquet", parallelism=4)
-    (specs / "penguins.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    shutil.copy(ROOT / "dags/pipelines/penguins_model.py", specs)
+    changes = {"data": {"parallelism": 2}, "inference": {"source": "{{ data_dir }}/score/*.parquet", "parallelism": 4}}
+    spec_variant(specs, changes)
     fp = home / "failpoints"
     fp.mkdir()
     (fp / "train.before_eval.3").touch()
@@ -80,7 +76,7 @@ def main() -> None:
                 )
             print("train tries", [(x["state"], x["hostname"]) for x in c.task_tries("penguins", "celery-s3", "train")])
             fs = s3.filesystem()
-            run = f"{uri}/penguins/runs/{artifacts.run_key('celery-s3')}"
+            run = f"{uri}/{run_rel('penguins', 'celery-s3')}"
             h = [json.loads(line)["eval_index"] for line in fs.cat_file(f"{run}/train/history.jsonl").splitlines()]
             print("history", h[:5], "...", len(h), "contiguous", h == list(range(1, len(h) + 1)))
             print("versions", fs.glob(f"{uri}/penguins/models/*/contrail.json"))

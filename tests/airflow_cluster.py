@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import airflow_env
+from tests_support import airflow_env, wait_until
 
 
 def free_port() -> int:
@@ -216,14 +216,14 @@ class AirflowCluster:
         return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}").json()["state"]
 
     def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 600) -> str:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            state = self.run_state(dag_id, run_id)
-            if state in ("success", "failed"):
-                return state
-            self._check_alive()
-            time.sleep(1)
-        raise TimeoutError(f"run {dag_id}/{run_id} still {state} after {timeout}s\n{self.logs('scheduler')[-3000:]}")
+        return wait_until(
+            lambda: (state := self.run_state(dag_id, run_id)) in ("success", "failed") and state,
+            timeout,
+            f"run {dag_id}/{run_id} to finish",
+            interval=1,
+            alive=self.check_alive,
+            diagnose=lambda: self.logs("scheduler")[-3000:],
+        )
 
     def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict]:
         body = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").json()
@@ -234,20 +234,12 @@ class AirflowCluster:
         return body["task_instances"]
 
     # -- helpers ---------------------------------------------------------------------------
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.logs(name)[-3000:]}")
 
     def _wait(self, ready, timeout: float, what: str) -> None:
-        deadline = time.time() + timeout
-        last: Exception | None = None
-        while time.time() < deadline:
-            self._check_alive()
-            try:
-                if ready():
-                    return
-            except (httpx.HTTPError, KeyError, json.JSONDecodeError) as exc:
-                last = exc
-            time.sleep(0.5)
-        raise TimeoutError(f"waited {timeout}s for {what}: {last}")
+        wait_until(
+            ready, timeout, what, alive=self.check_alive, ignore=(httpx.HTTPError, KeyError, json.JSONDecodeError)
+        )

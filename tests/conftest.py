@@ -1,18 +1,16 @@
-"""Shared fixtures: real penguins data, specs written to tmp_path, an isolated Airflow home."""
+"""Shared fixtures: real penguins data, specs written to tmp_path, an isolated Airflow home.
+
+Helpers live in `tests_support`; this file only turns them into fixtures."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-PIPELINES = ROOT / "dags" / "pipelines"
+from tests_support import airflow_env, spec_variant
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,59 +25,14 @@ def penguins_dir(tmp_path_factory) -> Path:
     return data_dir
 
 
-def penguins_spec_dict(data_dir: Path) -> dict:
-    spec = yaml.safe_load((PIPELINES / "penguins.yaml").read_text())
-    spec["data"]["source"] = str(data_dir / "penguins" / "*.parquet")
-    spec["inference"]["source"] = str(data_dir / "penguins_to_score" / "*.parquet")
-    return spec
-
-
-def deep_update(base: dict, changes: dict) -> dict:
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 @pytest.fixture
 def write_spec(tmp_path, penguins_dir):
     """Write a penguins-based spec (with changes) and its model module under tmp_path."""
 
     def write(changes: dict | None = None, name: str = "penguins", directory: Path | None = None) -> Path:
-        directory = directory or tmp_path / "pipelines"
-        directory.mkdir(parents=True, exist_ok=True)
-        spec = deep_update(penguins_spec_dict(penguins_dir), {"name": name, **(changes or {})})
-        shutil.copy(PIPELINES / "penguins_model.py", directory / "penguins_model.py")
-        path = directory / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        return path
+        return spec_variant(directory or tmp_path / "pipelines", changes, name=name, data_dir=penguins_dir)
 
     return write
-
-
-def airflow_env(home: Path, **extra: str) -> dict[str, str]:
-    """Environment for an Airflow process with its own home, database, artifacts and data."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CONTRAIL"))}
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW_CONFIG=str(ROOT / "airflow.cfg"),
-        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
-        AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
-        AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(home / "logs"),
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(home / "passwords.json"),
-        AIRFLOW__API_AUTH__JWT_SECRET="contrail-tests-only-secret-0123456789abcdef",
-        CONTRAIL_HOME=str(ROOT),
-        CONTRAIL_ARTIFACT_ROOT=str(home / "artifacts"),
-        CONTRAIL_DATA_DIR=str(home / "data"),
-        TF_CPP_MIN_LOG_LEVEL="2",
-        PYTHONUNBUFFERED="1",
-        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-    )
-    env.update(extra)
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -98,11 +51,7 @@ def penguins_run(tmp_path_factory, penguins_dir) -> dict:
     from contrail import preprocess, select_best, train
 
     base = tmp_path_factory.mktemp("penguins_run")
-    spec_dir = base / "pipelines"
-    spec_dir.mkdir()
-    shutil.copy(PIPELINES / "penguins_model.py", spec_dir / "penguins_model.py")
-    spec_path = spec_dir / "penguins.yaml"
-    spec_path.write_text(yaml.safe_dump(penguins_spec_dict(penguins_dir), sort_keys=False))
+    spec_path = spec_variant(base / "pipelines", data_dir=penguins_dir)
     run_dir = base / "artifacts" / "penguins" / "runs" / "r1"
     pre = preprocess.run(
         preprocess.PreprocessArgs(

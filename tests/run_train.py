@@ -17,6 +17,8 @@ if len(sys.argv) > 2 and int(sys.argv[2]) > 1:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(sys.argv[2]))
 
 from contrail import train  # noqa: E402 - after the logical devices are configured
+from contrail.results import PreprocessResult  # noqa: E402
 
 args = json.loads(sys.argv[1])
-print(json.dumps(train.run(train.TrainArgs(**args))))
+args["preprocess"] = PreprocessResult.from_xcom(args["preprocess"])
+print(json.dumps(train.run(train.TrainArgs(**args)).to_xcom()))

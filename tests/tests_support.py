@@ -1,9 +1,150 @@
-"""Helpers the test modules import (pytest puts this folder on sys.path)."""
+"""Helpers the test modules import (pytest puts this folder on sys.path); `conftest.py` builds its
+fixtures from them, never the other way round.
 
-from conftest import ROOT, airflow_env  # noqa: F401 - re-exported for test modules
+- `spec_variant`: the one way to write a spec for a test (a shipped spec with changes).
+- `wait_until`: the one poll loop.
+- `airflow_env`: the environment of an Airflow process with its own home.
+- `saved_model_check`: load an exported model in a fresh process, with TensorFlow alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINES = ROOT / "dags" / "pipelines"
+
+T = TypeVar("T")
+
+# Many short evaluation rounds and a small learning rate, so that a kill lands in the middle of
+# training and early stopping still fires.
+SLOW_TRAINING = {
+    "model": {"params": {"learning_rate": 0.0005}},
+    "train": {"eval_every_steps": 5, "early_stopping": {"monitor": "val_loss", "patience": 12, "min_delta": 0.0005}},
+}
 
 
-def run_export(stages: dict, models_dir, run_key: str, step_dir, **extra) -> dict:
+def deep_update(base: dict, changes: dict) -> dict:
+    """`base` with `changes` merged in, mappings key by key (in place; returns `base`)."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def spec_variant(
+    directory: Path,
+    changes: dict | None = None,
+    *,
+    name: str | None = None,
+    base: str = "penguins",
+    data_dir: Path | None = None,
+) -> Path:
+    """Write the shipped spec `base` with `changes` merged in (a value of None removes a field)
+    as `<directory>/<name>.yaml`, beside a copy of its model module; returns the spec's path.
+
+    With `data_dir`, the data and inference sources point at the demo data written there
+    (absolute paths, for steps run without Airflow); without it they keep `{{ data_dir }}`.
+    """
+    spec = yaml.safe_load((PIPELINES / f"{base}.yaml").read_text())
+    if data_dir is not None:
+        spec["data"]["source"] = str(data_dir / base / "*.parquet")
+        spec["inference"]["source"] = str(data_dir / f"{base}_to_score" / "*.parquet")
+    spec = _drop_nones(deep_update(spec, {"name": name or base, **(changes or {})}))
+    directory.mkdir(parents=True, exist_ok=True)
+    module = spec["model"]["build_fn"].split(":", 1)[0]
+    if (PIPELINES / f"{module}.py").is_file():
+        shutil.copy(PIPELINES / f"{module}.py", directory / f"{module}.py")
+    path = directory / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _drop_nones(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _drop_nones(v) for k, v in node.items() if v is not None}
+    return node
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str,
+    *,
+    interval: float = 0.5,
+    alive: Callable[[], None] | None = None,
+    ignore: tuple[type[BaseException], ...] = (),
+    diagnose: Callable[[], str] | None = None,
+) -> T:
+    """Poll `predicate` until it returns something truthy, and return that.
+
+    `alive` is called each round and raises if what is being waited on has died; exceptions
+    in `ignore` count as "not yet". On timeout, raise `TimeoutError` naming `what`, the last
+    ignored error and what `diagnose` says (a log tail, say).
+    """
+    deadline = time.time() + timeout
+    last: BaseException | None = None
+    while time.time() < deadline:
+        if alive is not None:
+            alive()
+        try:
+            if value := predicate():
+                return value
+        except ignore as exc:
+            last = exc
+        time.sleep(interval)
+    detail = f" (last error: {last})" if last else ""
+    raise TimeoutError(f"waited {timeout}s for {what}{detail}" + (f"\n{diagnose()}" if diagnose else ""))
+
+
+def airflow_env(home: Path, **extra: str) -> dict[str, str]:
+    """Environment for an Airflow process with its own home, database, artifacts and data."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CONTRAIL"))}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW_CONFIG=str(ROOT / "airflow.cfg"),
+        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
+        AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(home / "logs"),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(home / "passwords.json"),
+        AIRFLOW__API_AUTH__JWT_SECRET="contrail-tests-only-secret-0123456789abcdef",
+        CONTRAIL_HOME=str(ROOT),
+        CONTRAIL_ARTIFACT_ROOT=str(home / "artifacts"),
+        CONTRAIL_DATA_DIR=str(home / "data"),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+        PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+    )
+    env.update(extra)
+    return env
+
+
+def saved_model_check(model_dir: str | Path, eval_files: Sequence[str]) -> dict:
+    """Load the SavedModel in a fresh process with TensorFlow alone (`tests/saved_model_check.py`)
+    and return its report: signatures, `predict` inputs, rows, the signatures' largest difference."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "saved_model_check.py"), str(model_dir), json.dumps(list(eval_files))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_export(stages: dict, models_dir, run_key: str, step_dir, **extra):
     """Run the export step on the outputs of the earlier steps (`spec`, `preprocess`, `train`,
     `best`, as the `penguins_run` fixture holds them)."""
     from contrail import export
@@ -20,15 +161,3 @@ def run_export(stages: dict, models_dir, run_key: str, step_dir, **extra) -> dic
             **extra,
         )
     )
-
-
-def slow_training(spec: dict) -> dict:
-    """The spec with many short evaluation rounds and a small learning rate, so that a kill
-    lands in the middle of training and early stopping still fires."""
-    slow = {**spec, "model": {**spec["model"], "params": {**spec["model"]["params"], "learning_rate": 0.0005}}}
-    slow["train"] = {
-        **spec["train"],
-        "eval_every_steps": 5,
-        "early_stopping": {"monitor": "val_loss", "patience": 12, "min_delta": 0.0005},
-    }
-    return slow

@@ -235,7 +235,7 @@ class TrainOperator(_ContrailOperator):
 
         args = train.TrainArgs(
             spec_path=task.inputs["spec_path"],
-            preprocess=PreprocessResult.from_xcom(task.inputs["preprocess"], source="upstream 'preprocess'"),
+            preprocess=PreprocessResult.from_xcom(task.inputs["preprocess"], source="upstream 'preprocess' result"),
             step_dir=str(task.run.train.path),
             params=task.overrides.model,
             train_overrides=task.overrides.train,
@@ -269,7 +269,7 @@ class SelectBestOperator(_ContrailOperator):
 
         args = select_best.SelectBestArgs(
             task.inputs["spec_path"],
-            TrainResult.from_xcom(task.inputs["train"], source="upstream 'train'"),
+            TrainResult.from_xcom(task.inputs["train"], source="upstream 'train' result"),
             str(task.run.select_best.path),
         )
         return select_best.run(args)
@@ -307,9 +307,9 @@ class ExportOperator(_ContrailOperator):
 
         args = export.ExportArgs(
             spec_path=task.inputs["spec_path"],
-            preprocess=PreprocessResult.from_xcom(task.inputs["preprocess"], source="upstream 'preprocess'"),
-            train=TrainResult.from_xcom(task.inputs["train"], source="upstream 'train'"),
-            best=SelectBestResult.from_xcom(task.inputs["best"], source="upstream 'select_best'"),
+            preprocess=PreprocessResult.from_xcom(task.inputs["preprocess"], source="upstream 'preprocess' result"),
+            train=TrainResult.from_xcom(task.inputs["train"], source="upstream 'train' result"),
+            best=SelectBestResult.from_xcom(task.inputs["best"], source="upstream 'select_best' result"),
             step_dir=str(task.run.export.path),
             models_dir=str(task.pipeline.models.path),
             run_key=task.run.key,

@@ -41,6 +41,11 @@ def data_dir() -> Path:
 
 
 def spec_dir() -> Path:
-    """`CONTRAIL_SPEC_DIR`, else `<project>/dags/pipelines`: where the pipeline specs live."""
+    """Where the pipeline specs live: `CONTRAIL_SPEC_DIR`, else `pipelines/` in Airflow's DAGs
+    folder (`AIRFLOW__CORE__DAGS_FOLDER`), else `<project>/dags/pipelines`. The DAG factory, the
+    CLI and `contrail lint` all ask here."""
     value = os.environ.get("CONTRAIL_SPEC_DIR")
-    return Path(value).resolve() if value else project_root() / "dags" / "pipelines"
+    if value:
+        return Path(value).resolve()
+    dags = os.environ.get("AIRFLOW__CORE__DAGS_FOLDER")
+    return (Path(dags).resolve() if dags else project_root() / "dags") / "pipelines"

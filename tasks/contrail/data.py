@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import glob
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,54 +113,65 @@ def _read_csv(path: Path, columns: list[Column]) -> pa.Table:
         raise translate(exc, SchemaMismatchError, str(path), expected=expected, path=str(path)) from exc
 
 
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t)
+
+
+def _is_integral(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_boolean(t)
+
+
+# Per spec kind: which Arrow types it accepts, what they are cast to, and how a mismatch reads.
+_CASTS: dict[str, list[tuple[Callable[[pa.DataType], bool], pa.DataType]]] = {
+    "float": [(_is_number, pa.float64())],
+    "int": [(_is_integral, pa.int64())],
+    "string": [(_is_text, pa.string())],
+    "class": [(_is_text, pa.string()), (_is_integral, pa.int64())],
+    "key": [(_is_text, pa.string()), (lambda t: True, pa.string())],
+}
+_EXPECTED = {"float": "a float", "int": "an int", "string": "a string", "class": "a string, int or bool class"}
+_KINDS = {"regression": "float", "binary": "class", "multiclass": "class"}
+
+
 def _checked(array: pa.ChunkedArray, column: Column, path: Path) -> pa.ChunkedArray:
     """Cast one column to its spec type and enforce nullability, naming the first bad row."""
     what = f"{column.role.capitalize()} {column.name!r} in {path}"
-    found = array.type
-    if pa.types.is_dictionary(found):
-        array = array.cast(found.value_type)
-        found = array.type
     kind = column.type.removeprefix("label:")
-    if pa.types.is_null(found):  # a column with no values at all (a header-only CSV, say)
-        array = array.cast(
-            {"float": pa.float64(), "regression": pa.float64(), "int": pa.int64()}.get(kind, pa.string())
-        )
-        found = array.type
-    if kind in ("float", "regression"):
-        if not (pa.types.is_floating(found) or pa.types.is_integer(found) or pa.types.is_decimal(found)):
-            raise SchemaMismatchError(f"{what}: expected a float column, found {found}")
-        array = array.cast(pa.float64())
-    elif kind == "int":
-        if not (pa.types.is_integer(found) or pa.types.is_boolean(found)):
-            raise SchemaMismatchError(f"{what}: expected an int column, found {found}")
-        array = array.cast(pa.int64())
-    elif kind == "string":
-        if not (pa.types.is_string(found) or pa.types.is_large_string(found)):
-            raise SchemaMismatchError(f"{what}: expected a string column, found {found}")
-        array = array.cast(pa.string())
-    elif kind in ("binary", "multiclass"):
-        if pa.types.is_boolean(found) or pa.types.is_integer(found):
-            array = array.cast(pa.int64())
-        elif pa.types.is_string(found) or pa.types.is_large_string(found):
-            array = array.cast(pa.string())
-        else:
-            raise SchemaMismatchError(f"{what}: expected a string, int or bool class column, found {found}")
-    elif kind == "key":
-        array = array.cast(pa.string()) if not pa.types.is_string(found) else array
-    if not column.nullable and array.null_count:
+    kind = _KINDS.get(kind, kind)
+    if pa.types.is_dictionary(array.type):
+        array = array.cast(array.type.value_type)
+    if pa.types.is_null(array.type):  # a column with no values at all (a header-only CSV, say)
+        array = array.cast(_CASTS[kind][0][1])
+    target = next((t for accepts, t in _CASTS[kind] if accepts(array.type)), None)
+    if target is None:
+        raise SchemaMismatchError(f"{what}: expected {_EXPECTED[kind]} column, found {array.type}", path=str(path))
+    array = array if array.type == target else array.cast(target)
+    if not column.nullable:
+        _check_present(array, what, path)
+    return array
+
+
+def _check_present(array: pa.ChunkedArray, what: str, path: Path) -> None:
+    """No nulls, and for floats no NaN or infinity: what `nullable: false` promises."""
+    if array.null_count:
         row = _first_index(pc.is_null(array))
         raise SchemaMismatchError(
             f"{what}: expected no missing values (nullable: false), found {array.null_count} null(s), "
-            f"the first at row {row}"
+            f"the first at row {row}",
+            path=str(path),
         )
-    if not column.nullable and pa.types.is_floating(array.type):
-        finite = pc.is_finite(array)
-        bad = pc.invert(pc.fill_null(finite, True))
+    if pa.types.is_floating(array.type):
+        bad = pc.invert(pc.fill_null(pc.is_finite(array), True))
         if pc.any(bad).as_py():
             row = _first_index(bad)
-            value = array[row].as_py()
-            raise SchemaMismatchError(f"{what}: expected finite values (nullable: false), found {value} at row {row}")
-    return array
+            raise SchemaMismatchError(
+                f"{what}: expected finite values (nullable: false), found {array[row].as_py()} at row {row}",
+                path=str(path),
+            )
 
 
 def _first_index(mask: pa.ChunkedArray | pa.Array) -> int:

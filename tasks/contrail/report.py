@@ -18,6 +18,7 @@ import html
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -188,61 +189,51 @@ def _plots(info: dict) -> str:
     return '<section id="plots"><h2>Metrics by step</h2>' + "".join(charts) + "</section>"
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """A chart's drawing area and the data ranges it maps onto it."""
+
+    x0: float
+    x1: float
+    y0: float
+    y1: float
+    width: int = 640
+    height: int = 260
+    left: int = 64
+    right: int = 16
+    top: int = 16
+    bottom: int = 40
+
+    def sx(self, x: float) -> float:
+        return self.left + (x - self.x0) / (self.x1 - self.x0) * (self.width - self.left - self.right)
+
+    def sy(self, y: float) -> float:
+        return self.top + (self.y1 - y) / (self.y1 - self.y0) * (self.height - self.top - self.bottom)
+
+
 def _chart(name: str, series: dict[str, list[tuple[int, float]]], marks: list) -> str:
-    width, height, left, right, top, bottom = 640, 260, 64, 16, 16, 40
     points = [p for s in series.values() for p in s if math.isfinite(p[1])]
     if not points:
         return ""
     xs, ys = [p[0] for p in points] + [m[1] for m in marks], [p[1] for p in points]
-    x0, x1 = min(0, *xs), max(xs) or 1
     y0, y1 = min(ys), max(ys)
     if y0 == y1:
         y0, y1 = y0 - 0.5, y1 + 0.5
     pad = (y1 - y0) * 0.05
-    y0, y1 = y0 - pad, y1 + pad
-
-    def sx(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * (width - left - right)
-
-    def sy(y: float) -> float:
-        return top + (y1 - y) / (y1 - y0) * (height - top - bottom)
-
+    f = _Frame(min(0, *xs), max(xs) or 1, y0 - pad, y1 + pad)
     parts = [
-        f'<svg id="plot-{_e(name)}" class="plot" data-metric="{_e(name)}" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" aria-label="{_e(name)} by step">',
-        f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" class="frame"/>',
+        f'<svg id="plot-{_e(name)}" class="plot" data-metric="{_e(name)}" viewBox="0 0 {f.width} {f.height}" '
+        f'width="{f.width}" height="{f.height}" role="img" aria-label="{_e(name)} by step">',
+        *_axes(f),
     ]
-    for i in range(5):
-        value = y0 + (y1 - y0) * i / 4
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{sy(value):.1f}" y2="{sy(value):.1f}" class="grid"/>')
-        parts.append(
-            f'<text x="{left - 6}" y="{sy(value) + 4:.1f}" class="tick" text-anchor="end">{_num(value, 3)}</text>'
-        )
-    for i in range(5):
-        step = x0 + (x1 - x0) * i / 4
-        parts.append(
-            f'<text x="{sx(step):.1f}" y="{height - bottom + 16}" class="tick" text-anchor="middle">{step:,.0f}</text>'
-        )
-    parts.append(
-        f'<text x="{(left + width - right) / 2}" y="{height - 6}" class="axis" text-anchor="middle">step</text>'
-    )
     for cls, step, label in marks:
-        x = sx(step)
+        x = f.sx(step)
         parts.append(
-            f'<line class="marker {cls}" data-step="{step}" x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{height - bottom}">'
-            f"<title>{_e(label)}</title></line>"
+            f'<line class="marker {cls}" data-step="{step}" x1="{x:.1f}" x2="{x:.1f}" y1="{f.top}" '
+            f'y2="{f.height - f.bottom}"><title>{_e(label)}</title></line>'
         )
     for split, values in series.items():
-        finite = [(s, v) for s, v in values if math.isfinite(v)]
-        if not finite:
-            continue
-        path = " ".join(f"{sx(s):.1f},{sy(v):.1f}" for s, v in finite)
-        parts.append(f'<polyline class="line {split}" points="{path}" stroke="{COLORS[split]}"/>')
-        for s, v in finite:
-            parts.append(
-                f'<circle class="point {split}" cx="{sx(s):.1f}" cy="{sy(v):.1f}" r="3" fill="{COLORS[split]}" '
-                f'data-step="{s}" data-value="{v!r}"><title>{split} {_e(name)} at step {s}: {_num(v)}</title></circle>'
-            )
+        parts += _series(f, name, split, [(s, v) for s, v in values if math.isfinite(v)])
     parts.append("</svg>")
     legend = " ".join(
         f'<span class="key" style="--c:{COLORS[s]}">{"eval (val_" + _e(name) + ")" if s == "eval" else "train"}</span>'
@@ -251,6 +242,42 @@ def _chart(name: str, series: dict[str, list[tuple[int, float]]], marks: list) -
     )
     legend += "".join(f' <span class="key mark {cls}">{_e(label)}</span>' for cls, _, label in marks)
     return f'<figure><figcaption>{_e(name)}</figcaption>{"".join(parts)}<div class="legend">{legend}</div></figure>'
+
+
+def _axes(f: _Frame) -> list[str]:
+    """The frame, five value grid lines with their ticks, five step ticks and the axis label."""
+    parts = [
+        f'<rect x="{f.left}" y="{f.top}" width="{f.width - f.left - f.right}" height="{f.height - f.top - f.bottom}" '
+        'class="frame"/>'
+    ]
+    for i in range(5):
+        value = f.y0 + (f.y1 - f.y0) * i / 4
+        y = f.sy(value)
+        parts.append(f'<line x1="{f.left}" x2="{f.width - f.right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{f.left - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">{_num(value, 3)}</text>')
+    for i in range(5):
+        step = f.x0 + (f.x1 - f.x0) * i / 4
+        parts.append(
+            f'<text x="{f.sx(step):.1f}" y="{f.height - f.bottom + 16}" class="tick" text-anchor="middle">{step:,.0f}</text>'
+        )
+    parts.append(
+        f'<text x="{(f.left + f.width - f.right) / 2}" y="{f.height - 6}" class="axis" text-anchor="middle">step</text>'
+    )
+    return parts
+
+
+def _series(f: _Frame, name: str, split: str, finite: list[tuple[int, float]]) -> list[str]:
+    """One split's line and its points, each point titled with its value."""
+    if not finite:
+        return []
+    path = " ".join(f"{f.sx(s):.1f},{f.sy(v):.1f}" for s, v in finite)
+    parts = [f'<polyline class="line {split}" points="{path}" stroke="{COLORS[split]}"/>']
+    for s, v in finite:
+        parts.append(
+            f'<circle class="point {split}" cx="{f.sx(s):.1f}" cy="{f.sy(v):.1f}" r="3" fill="{COLORS[split]}" '
+            f'data-step="{s}" data-value="{v!r}"><title>{split} {_e(name)} at step {s}: {_num(v)}</title></circle>'
+        )
+    return parts
 
 
 def _blessing(blessing: dict | None) -> str:

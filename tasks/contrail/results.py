@@ -35,9 +35,7 @@ class StepResult:
         if isinstance(value, cls):
             return value
         if not isinstance(value, Mapping):
-            raise ArtifactError(
-                f"{source}: expected a {cls.__name__} mapping, found {type(value).__name__}: {value!r}", path=source
-            )
+            raise ArtifactError(f"{source}: expected a dict from XCom, found {type(value).__name__}: {value!r}")
         names = {f.name for f in dataclasses.fields(cls)}
         required = {f.name for f in dataclasses.fields(cls) if _required(f)}
         missing = sorted(required - set(value))
@@ -45,8 +43,7 @@ class StepResult:
         if missing or unknown:
             raise ArtifactError(
                 f"{source}: expected a {cls.__name__} with {', '.join(sorted(required))}; "
-                f"missing {missing or 'none'}, unknown {unknown or 'none'}",
-                path=source,
+                f"missing {missing or 'none'}, unknown {unknown or 'none'}"
             )
         return cls(**dict(value))
 

@@ -235,26 +235,7 @@ class Workspace:
         Returns how many files were copied; a missing `rel` copies none."""
         if not self.remote:
             return 0
-        patterns = list(include)
-        prefix = self.remote_path(rel)
-        try:
-            found = self.fs.find(prefix, detail=True)
-        except FileNotFoundError:
-            found = {}
-        except Exception as exc:  # broad: each fsspec backend raises its own types
-            raise translate(exc, StorageError, f"{self.location}/{rel}: cannot list the artifact root") from exc
-        wanted: dict[str, int] = {}
-        for path, info in found.items():
-            if info.get("type") == "directory":
-                continue
-            relpath = path[len(self._remote_root) + 1 :]
-            below = relpath[len(rel) + 1 :] if rel and relpath != rel else relpath
-            if _skipped(relpath) or (patterns and not any(fnmatch.fnmatch(below, p) for p in patterns)):
-                continue
-            size = int(info.get("size", -1))
-            if self._remote_sizes.get(relpath) == size and self._unchanged(relpath):
-                continue  # pulled already (a folder's records, then the whole folder)
-            wanted[relpath] = size
+        wanted = self._to_pull(rel, list(include))
         if not wanted:
             return 0
         locals_ = [self.root / r for r in wanted]
@@ -264,22 +245,48 @@ class Workspace:
             self.fs.get([self.remote_path(r) for r in wanted], [str(p) for p in locals_])
         except Exception as exc:  # broad: each fsspec backend raises its own types
             raise translate(exc, StorageError, f"{self.location}/{rel}: download failed") from exc
-        remote_name, local_name = self.location.encode(), str(self.root).encode()
         for relpath, size in wanted.items():
-            local = self.root / relpath
-            if not local.is_file() or (size >= 0 and local.stat().st_size != size):
-                raise StorageError(
-                    f"{self.location}/{relpath}: expected {size} bytes, found "
-                    f"{local.stat().st_size if local.is_file() else 'no file'} after download"
-                )
-            if relpath.endswith(RECORD_SUFFIXES):
-                data = local.read_bytes()
-                if remote_name in data:
-                    local.write_bytes(data.replace(remote_name, local_name))
-            self._snapshot[relpath] = _stat(local)
-            self._remote_sizes[relpath] = size
+            self._check_pulled(relpath, size)
         log.info("Pulled %d file(s) from %s/%s", len(wanted), self.location, rel)
         return len(wanted)
+
+    def _to_pull(self, rel: str, patterns: list[str]) -> dict[str, int]:
+        """The files under `rel` (matching `patterns`, if any) not already here as they are
+        there: `{path relative to the root: remote size}`."""
+        try:
+            found = self.fs.find(self.remote_path(rel), detail=True)
+        except FileNotFoundError:
+            found = {}
+        except Exception as exc:  # broad: each fsspec backend raises its own types
+            raise translate(exc, StorageError, f"{self.location}/{rel}: cannot list the artifact root") from exc
+        wanted: dict[str, int] = {}
+        for path, info in found.items():
+            relpath = path[len(self._remote_root) + 1 :]
+            below = relpath[len(rel) + 1 :] if rel and relpath != rel else relpath
+            if info.get("type") == "directory" or _skipped(relpath):
+                continue
+            if patterns and not any(fnmatch.fnmatch(below, p) for p in patterns):
+                continue
+            size = int(info.get("size", -1))
+            if self._remote_sizes.get(relpath) != size or not self._unchanged(relpath):
+                wanted[relpath] = size  # else pulled already (a folder's records, then the whole folder)
+        return wanted
+
+    def _check_pulled(self, relpath: str, size: int) -> None:
+        """Check a downloaded file's size; map the root's URI in a record onto this copy."""
+        local = self.root / relpath
+        if not local.is_file() or (size >= 0 and local.stat().st_size != size):
+            raise StorageError(
+                f"{self.location}/{relpath}: expected {size} bytes, found "
+                f"{local.stat().st_size if local.is_file() else 'no file'} after download"
+            )
+        if relpath.endswith(RECORD_SUFFIXES):
+            remote_name, local_name = self.location.encode(), str(self.root).encode()
+            data = local.read_bytes()
+            if remote_name in data:
+                local.write_bytes(data.replace(remote_name, local_name))
+        self._snapshot[relpath] = _stat(local)
+        self._remote_sizes[relpath] = size
 
     def pull_records(self, rel: str) -> int:
         """Pull the small records (`*.json`, `*.jsonl`) under `rel`: manifests, histories, events."""

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from contrail import artifacts, tfrecord
 from contrail.errors import TrainingError
@@ -131,8 +132,6 @@ class _Trainer:
         self.early_stopping = train.early_stopping or EarlyStoppingSpec(patience=10**9)
 
     def fit(self) -> TrainResult:
-        import tensorflow as tf
-
         from contrail import model as model_lib
         from contrail.early_stopping import EvalEarlyStopping
 
@@ -155,18 +154,7 @@ class _Trainer:
             compression=self.preprocess.compression,
             training=False,
         )
-        if replicated:
-            # A tf.distribute iterator cannot be checkpointed: restore the model and optimizer,
-            # then continue with a shuffle seeded by the evaluation index reached.
-            checkpoints = self._checkpoints(tf.train.Checkpoint(model=model, optimizer=model.optimizer))
-            state = checkpoints.restore()
-            seed = train.seed + (state["eval_index"] if state else 0)
-            iterator = iter(strategy.experimental_distribute_dataset(self._train_dataset(seed)))
-        else:
-            iterator = iter(self._train_dataset(train.seed))
-            checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, iterator=iterator)
-            checkpoints = self._checkpoints(checkpoint)
-            state = checkpoints.restore()
+        checkpoints, iterator, state = self._restore(model, strategy)
         if state is None and self.warm_start_from:
             model_lib.warm_start(model, Path(self.warm_start_from))
         stopper = EvalEarlyStopping(self.early_stopping, state["early_stopping"] if state else None)
@@ -195,10 +183,26 @@ class _Trainer:
             handler.on_train_end()
         return self._commit(history, stopper, stop_reason, strategy.num_replicas_in_sync)
 
-    def _checkpoints(self, checkpoint) -> Checkpoints:
-        return Checkpoints(
-            self.dir, checkpoint, self.step.fingerprint, self.train.keep_checkpoints, self.early_stopping
-        )
+    def _restore(self, model, strategy) -> tuple[Checkpoints, Any, dict | None]:
+        """The checkpoints, the training data's iterator, and the state of the newest complete
+        checkpoint restored into both (None: nothing to resume)."""
+        import tensorflow as tf
+
+        def checkpoints(checkpoint) -> Checkpoints:
+            return Checkpoints(
+                self.dir, checkpoint, self.step.fingerprint, self.train.keep_checkpoints, self.early_stopping
+            )
+
+        if strategy.num_replicas_in_sync > 1:
+            # A tf.distribute iterator cannot be checkpointed: restore the model and optimizer,
+            # then continue with a shuffle seeded by the evaluation index reached.
+            saved = checkpoints(tf.train.Checkpoint(model=model, optimizer=model.optimizer))
+            state = saved.restore()
+            seed = self.train.seed + (state["eval_index"] if state else 0)
+            return saved, iter(strategy.experimental_distribute_dataset(self._train_dataset(seed))), state
+        iterator = iter(self._train_dataset(self.train.seed))
+        saved = checkpoints(tf.train.Checkpoint(model=model, optimizer=model.optimizer, iterator=iterator))
+        return saved, iterator, saved.restore()
 
     def _handlers(self, checkpoints: Checkpoints, history_writer: HistoryWriter, step: int) -> list[Handler]:
         handlers = [

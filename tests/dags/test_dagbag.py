@@ -6,8 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-from tests_support import ROOT, airflow_env
+from tests_support import ROOT, airflow_env, spec_variant
 
 PARSER = Path(__file__).with_name("parse_dags.py")
 EXPECTED_GRAPH = {
@@ -60,10 +59,7 @@ def test_trigger_form_params_have_types_bounds_and_defaults(tmp_path):
 def test_broken_spec_breaks_only_itself(tmp_path):
     dags = tmp_path / "dags"
     shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
-    broken = yaml.safe_load((dags / "pipelines" / "penguins.yaml").read_text())
-    broken["name"] = "broken"
-    broken["train"]["eval_every_steps"] = "often"
-    (dags / "pipelines" / "broken.yaml").write_text(yaml.safe_dump(broken, sort_keys=False))
+    spec_variant(dags / "pipelines", {"train": {"eval_every_steps": "often"}}, name="broken")
     report = parse(dags, tmp_path)
     assert "penguins" in report["dags"] and "broken" not in report["dags"]
     (message,) = report["import_errors"].values()
@@ -75,10 +71,7 @@ def test_broken_spec_breaks_only_itself(tmp_path):
 def test_a_missing_build_fn_module_breaks_only_its_own_dag(tmp_path):
     dags = tmp_path / "dags"
     shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
-    spec = yaml.safe_load((dags / "pipelines" / "penguins.yaml").read_text())
-    spec.update(name="no_model")
-    spec["model"]["build_fn"] = "no_such_module:build"
-    (dags / "pipelines" / "no_model.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    spec_variant(dags / "pipelines", {"model": {"build_fn": "no_such_module:build"}}, name="no_model")
     report = parse(dags, tmp_path)
     assert sorted(report["dags"]) == ["cars", "penguins"]
     (message,) = report["import_errors"].values()
@@ -88,9 +81,7 @@ def test_a_missing_build_fn_module_breaks_only_its_own_dag(tmp_path):
 def test_on_promotion_adds_a_scoring_dag_scheduled_on_the_model_asset(tmp_path):
     dags = tmp_path / "dags"
     shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
-    spec = yaml.safe_load((dags / "pipelines" / "penguins.yaml").read_text())
-    spec["inference"]["on_promotion"] = True
-    (dags / "pipelines" / "penguins.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    spec_variant(dags / "pipelines", {"inference": {"on_promotion": True}})
     report = parse(dags, tmp_path)
     assert report["import_errors"] == {}
     scoring = report["dags"]["penguins_inference"]
@@ -102,9 +93,8 @@ def test_on_promotion_adds_a_scoring_dag_scheduled_on_the_model_asset(tmp_path):
 def test_twenty_specs_parse_without_tensorflow(tmp_path):
     dags = tmp_path / "dags"
     shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
-    spec = yaml.safe_load((dags / "pipelines" / "penguins.yaml").read_text())
     for i in range(18):
-        (dags / "pipelines" / f"copy_{i:02d}.yaml").write_text(yaml.safe_dump({**spec, "name": f"copy_{i:02d}"}))
+        spec_variant(dags / "pipelines", name=f"copy_{i:02d}")
     report = parse(dags, tmp_path)
     assert report["import_errors"] == {} and len(report["dags"]) == 20
     assert not report["tensorflow_imported"] and not report["keras_imported"] and not report["pyarrow_imported"]
@@ -113,9 +103,7 @@ def test_twenty_specs_parse_without_tensorflow(tmp_path):
 def test_data_parallelism_fans_preprocess_out_and_reduces(tmp_path):
     dags = tmp_path / "dags"
     shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
-    spec = yaml.safe_load((dags / "pipelines" / "penguins.yaml").read_text())
-    spec["data"]["parallelism"] = 4
-    (dags / "pipelines" / "penguins.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    spec_variant(dags / "pipelines", {"data": {"parallelism": 4}})
     report = parse(dags, tmp_path)
     assert report["import_errors"] == {}
     tasks = report["dags"]["penguins"]["tasks"]

@@ -11,19 +11,17 @@ the checkpoints in the bucket.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import httpx
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from airflow_cluster import AirflowCluster
-from tests_support import ROOT
+from tests_support import saved_model_check, spec_variant
 
-from contrail import artifacts
 from contrail.demo import write_penguins
+from contrail.layout import run_rel
 
 pytestmark = pytest.mark.slow
 RUN_ID = "s3-run"
@@ -35,12 +33,7 @@ def run(tmp_path_factory, s3_server):
     home = tmp_path_factory.mktemp("s3cluster")
     write_penguins(home / "data")
     specs = home / "pipelines"
-    specs.mkdir()
-    spec = yaml.safe_load((ROOT / "dags" / "pipelines" / "penguins.yaml").read_text())
-    spec["data"]["parallelism"] = 2
-    spec["inference"]["parallelism"] = 2
-    (specs / "penguins.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    shutil.copy(ROOT / "dags" / "pipelines" / "penguins_model.py", specs)
+    spec_variant(specs, {"data": {"parallelism": 2}, "inference": {"parallelism": 2}})
     failpoints = home / "failpoints"
     failpoints.mkdir()
     (failpoints / "train.before_eval.3").touch()
@@ -58,7 +51,7 @@ def run(tmp_path_factory, s3_server):
         state = cluster.wait_for_run("penguins", RUN_ID)
         assert state == "success", cluster.logs("scheduler")[-3000:]
         fs = s3_server.filesystem()
-        run_uri = f"{uri}/penguins/runs/{artifacts.run_key(RUN_ID)}"
+        run_uri = f"{uri}/{run_rel('penguins', RUN_ID)}"
         yield {
             "cluster": cluster,
             "fs": fs,
@@ -131,13 +124,7 @@ def test_the_model_in_the_bucket_loads_in_a_fresh_process(run, tmp_path):
     for path in fs.glob(f"{run['run']}/preprocess/eval-*"):
         fs.get(path, str(tmp_path / path.rsplit("/", 1)[1]))
         eval_files.append(str(tmp_path / path.rsplit("/", 1)[1]))
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "saved_model_check.py"), str(tmp_path / "model"), json.dumps(eval_files)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = saved_model_check(tmp_path / "model", eval_files)
     assert report["signatures"] == ["predict", "serving_default"] and report["max_abs_diff"] <= 1e-6
     assert report["rows"] == run["manifests"]["preprocess"]["result"]["eval_records"]
 

@@ -3,30 +3,28 @@ scheduled run and a manual REST run all at once, a rerun of one backfilled date,
 model asset that starts a scoring-only DAG on each promotion.
 
 One cluster (api-server, scheduler with LocalExecutor, dag-processor, PostgreSQL metadata)
-serves the module; the
-tests run in order and build on each other's runs, as an operator's day would.
+serves the module. The busy day (the backfill, the scheduled run and the manual run) is a
+module fixture that the tests which look at its runs ask for, so any test runs alone.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from airflow_cluster import AirflowCluster
-from tests_support import ROOT
+from tests_support import spec_variant, wait_until
 
 from contrail import artifacts
 from contrail.demo import write_penguins
+from contrail.layout import STEPS, PipelineLayout, RunLayout
 
 pytestmark = pytest.mark.slow
 
@@ -59,14 +57,14 @@ def cluster(tmp_path_factory):
     write_penguins(home / "data")
     rows = _write_partitions(home / "data")
     specs = home / "pipelines"
-    specs.mkdir()
-    shutil.copy(ROOT / "dags" / "pipelines" / "penguins_model.py", specs)
-    spec = yaml.safe_load((ROOT / "dags" / "pipelines" / "penguins.yaml").read_text())
-    spec.update(name=DAG, schedule="@daily", catchup=False)
-    spec["data"]["source"] = "{{ data_dir }}/daily/{{ ds }}/*.parquet"
-    spec["train"].update(max_steps=150, eval_every_steps=50)
-    spec["inference"]["on_promotion"] = True
-    (specs / f"{DAG}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    changes = {
+        "schedule": "@daily",
+        "catchup": False,
+        "data": {"source": "{{ data_dir }}/daily/{{ ds }}/*.parquet"},
+        "train": {"max_steps": 150, "eval_every_steps": 50},
+        "inference": {"on_promotion": True},
+    }
+    spec_variant(specs, changes, name=DAG)
     # PostgreSQL: a CLI backfill writing while the scheduler and REST write is what SQLite's
     # single writer cannot take ("database is locked"); the embedded mode is for one user.
     with AirflowCluster(home, database="postgres", CONTRAIL_SPEC_DIR=str(specs)) as running:
@@ -89,21 +87,22 @@ def _runs(cluster: AirflowCluster, dag_id: str) -> list[dict]:
 
 
 def _wait(predicate, timeout: float, what: str, cluster: AirflowCluster):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if value := predicate():
-            return value
-        cluster._check_alive()
-        time.sleep(1)
-    raise TimeoutError(f"waited {timeout}s for {what}\n{cluster.logs('scheduler')[-3000:]}")
+    return wait_until(
+        predicate,
+        timeout,
+        what,
+        interval=1,
+        alive=cluster.check_alive,
+        diagnose=lambda: cluster.logs("scheduler")[-3000:],
+    )
 
 
-def _pipeline_dir(cluster: AirflowCluster) -> Path:
-    return cluster.home / "artifacts" / DAG
+def _pipeline(cluster: AirflowCluster) -> PipelineLayout:
+    return PipelineLayout(cluster.home / "artifacts", DAG)
 
 
-def _run_dir(cluster: AirflowCluster, run_id: str) -> Path:
-    return _pipeline_dir(cluster) / "runs" / artifacts.run_key(run_id)
+def _run(cluster: AirflowCluster, run_id: str) -> RunLayout:
+    return _pipeline(cluster).run(run_id)
 
 
 def _snapshot(directory: Path) -> dict[str, str]:
@@ -112,13 +111,15 @@ def _snapshot(directory: Path) -> dict[str, str]:
     return {
         str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != "report.html" and artifacts.EVENTS not in p.relative_to(directory).parts
+        if p.is_file() and p != RunLayout(directory).report and not p.is_relative_to(RunLayout(directory).events)
     }
 
 
-def test_backfill_scheduled_and_manual_runs_together(cluster):
-    # Three backfilled dates, the scheduled run the scheduler creates for the latest interval,
-    # and a manual REST run with conf, all of the same pipeline, all in flight at once.
+@pytest.fixture(scope="module")
+def busy_day(cluster) -> dict:
+    """Three backfilled dates, the scheduled run the scheduler creates for the latest interval,
+    and a manual REST run with conf, all of the same pipeline, all in flight at once; returns
+    the runs (by run id), the backfill's runs, and the state each run finished in."""
     _backfill(cluster, BACKFILL_DATES[0], BACKFILL_DATES[-1], "--max-active-runs", "3")
     cluster.trigger(DAG, "manual-concurrent", conf={"max_steps": 100}, logical_date="2026-01-02T12:00:00Z")
     scheduled = _wait(
@@ -132,44 +133,49 @@ def test_backfill_scheduled_and_manual_runs_together(cluster):
     )
     runs = {r["dag_run_id"]: r for r in [*backfill, *scheduled]}
     runs["manual-concurrent"] = {"logical_date": "2026-01-02T12:00:00Z"}
-    for run_id in runs:
-        assert cluster.wait_for_run(DAG, run_id, timeout=900) == "success", run_id
+    states = {run_id: cluster.wait_for_run(DAG, run_id, timeout=900) for run_id in runs}
+    return {"runs": runs, "backfill": backfill, "states": states}
+
+
+def test_backfill_scheduled_and_manual_runs_together(cluster, busy_day):
+    runs, backfill = busy_day["runs"], busy_day["backfill"]
+    assert busy_day["states"] == dict.fromkeys(runs, "success")
 
     # Each run read its own date's partition and wrote under its own run key.
     keys = set()
     for run_id, run in runs.items():
         ds = run["logical_date"][:10]
-        preprocess = artifacts.read_manifest(_run_dir(cluster, run_id) / "preprocess")
+        preprocess = artifacts.read_manifest(_run(cluster, run_id).preprocess.path)
         sources = [Path(s) for s in preprocess["inputs"]]
         assert sources == [cluster.home / "data" / "daily" / ds / "part.parquet"], (run_id, sources)
         counts = preprocess["result"]["train_records"] + preprocess["result"]["eval_records"]
         assert counts == cluster.rows[ds], run_id
-        keys.add(artifacts.run_key(run_id))
+        keys.add(_run(cluster, run_id).key)
     assert len(keys) == len(runs) == 5
     backfill_ds = sorted(r["logical_date"][:10] for r in backfill)
     assert backfill_ds == BACKFILL_DATES
 
     # Concurrent exports: one version per run, and a production history with no lost update.
-    models = _pipeline_dir(cluster) / "models"
-    versions = sorted(int(p.name) for p in models.iterdir() if p.name.isdigit())
+    models = _pipeline(cluster).models
+    versions = models.versions()
     assert versions == list(range(1, 6))
-    exported = {artifacts.read_manifest(_run_dir(cluster, r) / "export")["result"]["version"] for r in runs}
+    exported = {artifacts.read_manifest(_run(cluster, r).export.path)["result"]["version"] for r in runs}
     assert exported == set(versions)
-    history = artifacts.read_json(models / "production.json")["history"]
+    history = artifacts.read_json(models.production)["history"]
     assert history[0]["previous_version"] is None
     assert all(b["previous_version"] == a["candidate_version"] for a, b in zip(history, history[1:], strict=False))
     # Nothing half-written in these runs or among the models (scoring runs may still be going).
-    published = [_run_dir(cluster, r) for r in runs] + [models]
+    published = [_run(cluster, r).path for r in runs] + [models.path]
     leftovers = [p for d in published for p in d.rglob(".*") if p.name.startswith((".staging", ".trash"))]
     assert not leftovers
 
 
-def test_rerunning_a_backfilled_date_reproduces_its_artifacts(cluster):
+def test_rerunning_a_backfilled_date_reproduces_its_artifacts(cluster, busy_day):
     run_id = "backfill__2026-01-02T00:00:00+00:00"
-    run_dir = _run_dir(cluster, run_id)
-    before = _snapshot(run_dir)
-    executions = len(artifacts.read_events(run_dir))
-    versions = sorted(p.name for p in (_pipeline_dir(cluster) / "models").iterdir())
+    run = _run(cluster, run_id)
+    before = _snapshot(run.path)
+    executions = len(artifacts.read_events(run.events))
+    versions = sorted(p.name for p in _pipeline(cluster).models.path.iterdir())
     # One backfill per DAG at a time: the scheduler closes the first once its runs are done.
     _wait(
         lambda: all(
@@ -180,37 +186,34 @@ def test_rerunning_a_backfilled_date_reproduces_its_artifacts(cluster):
         cluster,
     )
     _backfill(cluster, "2026-01-02", "2026-01-02", "--reprocess-behavior", "completed")
-    _wait(lambda: len(artifacts.read_events(run_dir)) >= executions + 5, 600, "the rerun's five steps", cluster)
+    _wait(lambda: len(artifacts.read_events(run.events)) >= executions + 5, 600, "the rerun's five steps", cluster)
     assert cluster.wait_for_run(DAG, run_id) == "success"
-    assert _snapshot(run_dir) == before
-    rerun = artifacts.read_events(run_dir)[executions:]
-    assert sorted(e["step"] for e in rerun) == sorted(["preprocess", "train", "select_best", "export", "inference"])
+    assert _snapshot(run.path) == before
+    rerun = artifacts.read_events(run.events)[executions:]
+    assert sorted(e["step"] for e in rerun) == sorted(STEPS)
     assert all(e["reused"] for e in rerun), rerun
-    assert sorted(p.name for p in (_pipeline_dir(cluster) / "models").iterdir()) == versions
+    assert sorted(p.name for p in _pipeline(cluster).models.path.iterdir()) == versions
 
 
-def test_a_promotion_starts_the_scoring_dag_through_the_model_asset(cluster):
+def test_a_promotion_starts_the_scoring_dag_through_the_model_asset(cluster, busy_day):
     def scored_versions() -> dict[str, int]:
         out = {}
         for run in _runs(cluster, f"{DAG}_inference"):
             if run["state"] == "success":
                 assert run["run_type"] == "asset_triggered", run
-                step = _pipeline_dir(cluster) / "runs" / artifacts.run_key(run["dag_run_id"]) / "inference"
+                step = _run(cluster, run["dag_run_id"]).inference.path
                 out[run["dag_run_id"]] = artifacts.read_manifest(step)["result"]["model_version"]
         return out
 
-    promoted = {
-        h["candidate_version"]
-        for h in artifacts.read_json(_pipeline_dir(cluster) / "models" / "production.json")["history"]
-    }
+    promoted = {h["candidate_version"] for h in artifacts.read_json(_pipeline(cluster).models.production)["history"]}
     _wait(lambda: scored_versions(), 300, "a scoring run after the backfill's promotions", cluster)
     assert set(scored_versions().values()) <= promoted
 
     # A forced promotion is a new model version: scoring follows with no one in between.
     cluster.trigger(DAG, "manual-forced", conf={"force_promote": True}, logical_date="2026-01-03T12:00:00Z")
     assert cluster.wait_for_run(DAG, "manual-forced") == "success"
-    export = artifacts.read_manifest(_run_dir(cluster, "manual-forced") / "export")["result"]
-    assert export["promoted"] and export["blessing"] == "forced"
+    export = artifacts.read_manifest(_run(cluster, "manual-forced").export.path)["result"]
+    assert export["promoted"] and export["decision"] == "forced"
     _wait(lambda: export["version"] in scored_versions().values(), 300, "scoring with the forced version", cluster)
 
     # The TFRecords asset has one event per preprocess success, each naming its run.

@@ -12,11 +12,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests_support import ROOT, airflow_env
+from tests_support import airflow_env, saved_model_check
 
 from contrail import artifacts
 from contrail.demo import write_penguins
-from contrail.train import read_history
+from contrail.history import read_history
+from contrail.layout import STEPS, PipelineLayout
 
 pytestmark = pytest.mark.slow
 RUN_ID = "manual__2026-01-01T00:00:00+00:00"
@@ -37,12 +38,9 @@ def demo(airflow_home) -> dict:
     write_penguins(airflow_home / "data")
     first = run_pipeline(airflow_home)
     assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
-    run_dir = airflow_home / "artifacts" / "penguins" / "runs" / artifacts.run_key(RUN_ID)
-    results = {
-        s: artifacts.read_manifest(run_dir / s)["result"]
-        for s in ("preprocess", "train", "select_best", "export", "inference")
-    }
-    return {"home": airflow_home, "run_dir": run_dir, "results": results, "log": first.stdout + first.stderr}
+    run = PipelineLayout(airflow_home / "artifacts", "penguins").run(RUN_ID)
+    results = {s: artifacts.read_manifest(run.step(s))["result"] for s in STEPS}  # each step's XCom, as stored
+    return {"home": airflow_home, "run": run, "results": results, "log": first.stdout + first.stderr}
 
 
 def test_every_row_becomes_exactly_one_record(demo):
@@ -64,21 +62,14 @@ def test_selected_checkpoint_is_the_best_in_history(demo):
     best = demo["results"]["select_best"]
     winner = min(history, key=lambda r: (r["metrics"]["val_loss"], r["eval_index"]))
     assert best["eval_index"] == winner["eval_index"]
-    assert Path(best["checkpoint"]).name == f"ckpt-{winner['eval_index']:05d}"
+    assert Path(best["checkpoint_path"]).name == f"ckpt-{winner['eval_index']:05d}"
 
 
 def test_saved_model_loads_in_a_fresh_process_with_agreeing_signatures(demo):
     export = demo["results"]["export"]
-    assert (export["version"], export["blessing"]) == (1, "first_model")
+    assert (export["version"], export["decision"]) == (1, "first_model")
     assert export["candidate_score"]["val_accuracy"] >= 0.9
-    files = json.dumps(demo["results"]["preprocess"]["eval_files"])
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "saved_model_check.py"), export["model_dir"], files],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = saved_model_check(export["model_dir"], demo["results"]["preprocess"]["eval_files"])
     assert report["signatures"] == ["predict", "serving_default"]
     assert report["rows"] == demo["results"]["preprocess"]["eval_records"]
     assert report["max_abs_diff"] <= 1e-6
@@ -93,17 +84,17 @@ def test_predictions_have_one_row_per_input_row(demo):
 
 
 def test_second_run_skips_every_step_and_publishes_nothing(demo):
-    models = demo["home"] / "artifacts" / "penguins" / "models"
-    before = sorted(p.name for p in models.iterdir())
-    production = (models / "production.json").read_bytes()
+    models = PipelineLayout(demo["home"] / "artifacts", "penguins").models
+    before = sorted(p.name for p in models.path.iterdir())
+    production = models.production.read_bytes()
     second = run_pipeline(demo["home"])
     assert second.returncode == 0, second.stdout[-5000:] + second.stderr[-5000:]
-    events = artifacts.read_events(demo["run_dir"])
+    events = artifacts.read_events(demo["run"].events)
     latest = {e["step"]: e for e in events}
-    assert all(latest[s]["reused"] for s in ("preprocess", "train", "select_best", "export", "inference"))
+    assert all(latest[s]["reused"] for s in STEPS)
     assert len(events) == 10
-    assert sorted(p.name for p in models.iterdir()) == before
-    assert (models / "production.json").read_bytes() == production
+    assert sorted(p.name for p in models.path.iterdir()) == before
+    assert models.production.read_bytes() == production
     summary = subprocess.run(
         [sys.executable, "-m", "contrail.cli", "summary", "penguins", RUN_ID],
         env=airflow_env(demo["home"]),
@@ -140,7 +131,7 @@ def _chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess:
 
 
 def test_the_run_report_renders_in_a_real_browser(demo, tmp_path):
-    report = demo["run_dir"] / "report.html"
+    report = demo["run"].report
     assert report.is_file()
     assert "http://" not in report.read_text() and "https://" not in report.read_text()  # self-contained
     shot = tmp_path / "report.png"
@@ -160,7 +151,7 @@ def test_the_run_report_renders_in_a_real_browser(demo, tmp_path):
     train = demo["results"]["train"]
     assert f"{train['best_value']:.6g} at evaluation {train['best_eval_index']}" in dom.text_of("best-value")
     assert dom.text_of("stop-reason") == train["stop_reason"]
-    blessing = json.loads((demo["run_dir"] / "export" / "blessing.json").read_text())
+    blessing = json.loads(demo["run"].export.blessing.read_text())
     assert dom.attribute("decision", "data-decision") == blessing["decision"]
     metric = blessing["metric"]
     assert dom.text_of("candidate-score") == f"{blessing['candidate_score'][metric]:.6g}"

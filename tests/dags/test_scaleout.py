@@ -12,21 +12,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from airflow_cluster import AirflowCluster
-from tests_support import ROOT, slow_training
+from tests_support import SLOW_TRAINING, spec_variant, wait_until
 
 from contrail import artifacts
 from contrail.demo import write_penguins
-from contrail.train import read_history
+from contrail.history import read_history
+from contrail.layout import PipelineLayout
 
 pytestmark = pytest.mark.slow
 
@@ -37,21 +35,17 @@ PARTS = 4
 
 def _specs(home: Path) -> Path:
     specs = home / "pipelines"
-    specs.mkdir()
-    shutil.copy(ROOT / "dags" / "pipelines" / "penguins_model.py", specs)
-    base = yaml.safe_load((ROOT / "dags" / "pipelines" / "penguins.yaml").read_text())
-    base["inference"].update(source="{{ data_dir }}/score/*.parquet", parallelism=PARTS)
+    scoring = {"inference": {"source": "{{ data_dir }}/score/*.parquet", "parallelism": PARTS}}
     variants = {
         # preprocess mapped over the two penguins files, then reduced
-        "fanout": {"data": {**base["data"], "parallelism": 2}},
+        "fanout": {"data": {"parallelism": 2}},
         # train goes to the `training` queue, which only worker-b consumes (a GPU worker's role)
         "routed": {"queues": {"train": "training"}},
         # many short evaluation rounds, so that a kill lands mid-training
-        "slow": slow_training(base),
+        "slow": SLOW_TRAINING,
     }
     for name, changes in variants.items():
-        spec = {**base, **changes, "name": name}
-        (specs / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        spec_variant(specs, {**scoring, **changes}, name=name)
     return specs
 
 
@@ -97,25 +91,29 @@ def _mapped(cluster, dag_id, run_id, task_id="batch_inference") -> list[dict]:
     return [ti for ti in body["task_instances"] if ti["task_id"] == task_id]
 
 
-def test_mapped_tasks_run_on_both_workers(cluster):
+@pytest.fixture(scope="module")
+def fanout_run(cluster) -> str:
+    """A run of the fan-out pipeline (preprocess over 2 parts, scoring over 4), finished."""
     cluster.trigger("fanout", "fanout-1", conf={"max_steps": 200})
-    assert cluster.wait_for_run("fanout", "fanout-1", timeout=600) == "success"
+    return cluster.wait_for_run("fanout", "fanout-1", timeout=600)
+
+
+def test_mapped_tasks_run_on_both_workers(cluster, fanout_run):
+    assert fanout_run == "success"
     parts = _mapped(cluster, "fanout", "fanout-1", "preprocess_part")
     assert sorted(ti["map_index"] for ti in parts) == [0, 1] and {ti["state"] for ti in parts} == {"success"}
-    reduced = artifacts.read_manifest(
-        cluster.shared / "artifacts" / "fanout" / "runs" / artifacts.run_key("fanout-1") / "preprocess"
-    )
+    run = PipelineLayout(cluster.shared / "artifacts", "fanout").run("fanout-1")
+    reduced = artifacts.read_manifest(run.preprocess.path)
     assert reduced["result"]["parts"] == 2 and reduced["result"]["input_rows"] == 344
     mapped = _mapped(cluster, "fanout", "fanout-1")
     assert sorted(ti["map_index"] for ti in mapped) == list(range(PARTS))
     assert {ti["hostname"] for ti in mapped} == set(WORKERS), [(ti["map_index"], ti["hostname"]) for ti in mapped]
     # The parts together scored every row exactly once, with one model version.
-    run_dir = cluster.shared / "artifacts" / "fanout" / "runs" / artifacts.run_key("fanout-1") / "inference"
     from contrail import inference
 
-    result = inference.collect(run_dir)
-    assert result["rows"] == 4 * 86 and result["parts"] == PARTS
-    keys = pa.concat_tables(pq.read_table(p) for p in result["predictions"])["row_id"].to_pylist()
+    result, _ = inference.collect(run.inference.path)
+    assert result.rows == 4 * 86 and result.parts == PARTS
+    keys = pa.concat_tables(pq.read_table(p) for p in result.predictions)["row_id"].to_pylist()
     assert len(keys) == len(set(keys)) == 4 * 86
 
 
@@ -131,33 +129,36 @@ def test_a_task_queue_from_the_spec_routes_to_the_worker_that_consumes_it(cluste
 def test_a_worker_killed_mid_task_is_retried_on_the_other_worker(cluster):
     run_id = "kill-worker"
     cluster.trigger("slow", run_id)
-    train_dir = cluster.shared / "artifacts" / "slow" / "runs" / artifacts.run_key(run_id) / "train"
-    deadline = time.time() + 300
-    while not ((train_dir / "history.jsonl").is_file() and len(read_history(train_dir / "history.jsonl")) >= 3):
-        assert time.time() < deadline, "training never reached its third evaluation"
-        time.sleep(0.1)
+    pipeline = PipelineLayout(cluster.shared / "artifacts", "slow")
+    run = pipeline.run(run_id)
+    train_dir = run.train
+    wait_until(
+        lambda: train_dir.history.is_file() and len(read_history(train_dir.history)) >= 3,
+        300,
+        "training to reach its third evaluation",
+        interval=0.1,
+    )
     (running,) = _tries(cluster, "slow", run_id, "train")
     victim = running["hostname"]
     # A crashed worker host: the worker, and the task process it supervised (its own group).
-    task_pid = json.loads((train_dir / "running.json").read_text())["pid"]
+    task_pid = json.loads(train_dir.running.read_text())["pid"]
     cluster.kill(victim)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(os.getpgid(task_pid), signal.SIGKILL)
-    killed_at = len(read_history(train_dir / "history.jsonl"))
+    killed_at = len(read_history(train_dir.history))
     assert cluster.wait_for_run("slow", run_id, timeout=600) == "success"
     tries = _tries(cluster, "slow", run_id, "train")
     assert [t["state"] for t in tries] == ["failed", "success"], tries
     assert tries[1]["hostname"] == next(w for w in WORKERS if w != victim)
-    final = read_history(train_dir / "history.jsonl")
+    final = read_history(train_dir.history)
     assert killed_at < len(final)
     assert [r["eval_index"] for r in final] == list(range(1, len(final) + 1))  # no gap, no duplicate
-    exports = artifacts.read_events(train_dir.parent)
+    exports = artifacts.read_events(run.events)
     assert [e["step"] for e in exports].count("export") == 1
-    versions = [p for p in (cluster.shared / "artifacts" / "slow" / "models").iterdir() if p.name.isdigit()]
-    assert len(versions) == 1
+    assert len(pipeline.models.versions()) == 1
 
 
-def test_no_step_wrote_to_a_workers_local_disk(cluster):
+def test_no_step_wrote_to_a_workers_local_disk(cluster, fanout_run):
     written = [
         p.relative_to(cluster.home / "local")
         for p in (cluster.home / "local").rglob("*")
@@ -165,4 +166,4 @@ def test_no_step_wrote_to_a_workers_local_disk(cluster):
         if p.is_file() and not any(part in ("tmp", ".keras", ".cache", ".config") for part in p.parts)
     ]
     assert written == []
-    assert (cluster.shared / "artifacts" / "fanout" / "models" / "production.json").is_file()
+    assert PipelineLayout(cluster.shared / "artifacts", "fanout").models.production.is_file()

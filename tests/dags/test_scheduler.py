@@ -13,18 +13,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from airflow_cluster import AirflowCluster
-from tests_support import ROOT, slow_training
+from tests_support import PIPELINES, ROOT, SLOW_TRAINING, spec_variant, wait_until
 
 from contrail import artifacts
 from contrail.demo import write_penguins
-from contrail.train import read_history
+from contrail.history import read_history
+from contrail.layout import PipelineLayout, RunLayout, TrainDir
 
 pytestmark = pytest.mark.slow
 
@@ -34,10 +33,9 @@ def cluster(tmp_path_factory):
     home = tmp_path_factory.mktemp("cluster")
     write_penguins(home / "data")
     specs = home / "pipelines"
-    shutil.copytree(ROOT / "dags" / "pipelines", specs)
+    shutil.copytree(PIPELINES, specs)
     # A slower variant for the kill test: many short evaluation rounds, so a kill lands mid-run.
-    slow = {**slow_training(yaml.safe_load((specs / "penguins.yaml").read_text())), "name": "penguins_slow"}
-    (specs / "penguins_slow.yaml").write_text(yaml.safe_dump(slow, sort_keys=False))
+    spec_variant(specs, SLOW_TRAINING, name="penguins_slow")
     failpoints = home / "failpoints"
     failpoints.mkdir()
     with AirflowCluster(home, CONTRAIL_SPEC_DIR=str(specs), CONTRAIL_FAILPOINTS_DIR=str(failpoints)) as running:
@@ -46,13 +44,23 @@ def cluster(tmp_path_factory):
         yield running
 
 
-def _train_dir(cluster: AirflowCluster, dag_id: str, run_id: str) -> Path:
-    return cluster.home / "artifacts" / dag_id / "runs" / artifacts.run_key(run_id) / "train"
+def _run(cluster: AirflowCluster, dag_id: str, run_id: str) -> RunLayout:
+    return PipelineLayout(cluster.home / "artifacts", dag_id).run(run_id)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_kill_run(cluster) -> str:
+    """A penguins run whose training is killed in the middle of its third checkpoint write."""
+    run_id = "kill-in-checkpoint"
+    (cluster.failpoints / "train.checkpoint_write.3").touch()
+    cluster.trigger("penguins", run_id)
+    assert cluster.wait_for_run("penguins", run_id) == "success"
+    return run_id
 
 
 def _reference_history(cluster: AirflowCluster, dag_id: str, run_id: str, tmp_path: Path) -> list[dict]:
     """The same training, uninterrupted, in a fresh process."""
-    preprocess = artifacts.read_manifest(_train_dir(cluster, dag_id, run_id).parent / "preprocess")["result"]
+    preprocess = artifacts.read_manifest(_run(cluster, dag_id, run_id).preprocess.path)["result"]
     args = {
         "spec_path": cluster.env["CONTRAIL_SPEC_DIR"] + f"/{dag_id}.yaml",
         "preprocess": preprocess,
@@ -65,7 +73,7 @@ def _reference_history(cluster: AirflowCluster, dag_id: str, run_id: str, tmp_pa
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return read_history(tmp_path / "reference" / "history.jsonl")
+    return read_history(TrainDir(tmp_path / "reference").history)
 
 
 def _comparable(history):
@@ -75,43 +83,38 @@ def _comparable(history):
 def test_sigkill_of_the_training_process_is_retried_and_resumes(cluster, tmp_path):
     run_id = "kill-midway"
     cluster.trigger("penguins_slow", run_id)
-    train_dir = _train_dir(cluster, "penguins_slow", run_id)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        history = train_dir / "history.jsonl"
-        if history.is_file() and len(history.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail("training never reached its third evaluation")
-    pid = json.loads((train_dir / "running.json").read_text())["pid"]
+    train_dir = _run(cluster, "penguins_slow", run_id).train
+    wait_until(
+        lambda: train_dir.history.is_file() and len(train_dir.history.read_text().splitlines()) >= 3,
+        300,
+        "training to reach its third evaluation",
+        interval=0.05,
+    )
+    pid = json.loads(train_dir.running.read_text())["pid"]
     os.kill(pid, signal.SIGKILL)
-    killed_at = len(read_history(train_dir / "history.jsonl"))
+    killed_at = len(read_history(train_dir.history))
     assert cluster.wait_for_run("penguins_slow", run_id) == "success"
     tries = cluster.task_tries("penguins_slow", run_id, "train")
     assert [t["state"] for t in tries] == ["failed", "success"], tries
-    final = read_history(train_dir / "history.jsonl")
+    final = read_history(train_dir.history)
     assert killed_at < len(final), "the kill landed before training finished"
     assert [r["eval_index"] for r in final] == list(range(1, len(final) + 1))
     reference = _reference_history(cluster, "penguins_slow", run_id, tmp_path)
     assert _comparable(final) == _comparable(reference)  # same stopping evaluation; tolerance 0
-    manifest = artifacts.read_manifest(train_dir)
+    manifest = artifacts.read_manifest(train_dir.path)
     assert manifest["result"]["stop_reason"] == "early_stopping"
     assert manifest["result"]["best_value"] == reference[-1]["best"]  # the early-stopping best carried over
 
 
-def test_kill_during_a_checkpoint_write_falls_back_to_the_previous_one(cluster, tmp_path):
-    run_id = "kill-in-checkpoint"
-    (cluster.failpoints / "train.checkpoint_write.3").touch()
-    cluster.trigger("penguins", run_id)
-    assert cluster.wait_for_run("penguins", run_id) == "success"
+def test_kill_during_a_checkpoint_write_falls_back_to_the_previous_one(cluster, checkpoint_kill_run, tmp_path):
+    run_id = checkpoint_kill_run
     assert not (cluster.failpoints / "train.checkpoint_write.3").exists(), "the failpoint fired"
     tries = cluster.task_tries("penguins", run_id, "train")
     assert [t["state"] for t in tries] == ["failed", "success"]
-    train_dir = _train_dir(cluster, "penguins", run_id)
+    train_dir = _run(cluster, "penguins", run_id).train
     log = "".join(p.read_text() for p in (cluster.home / "logs").rglob("*.log") if "train" in str(p))
     assert "Resumed from" in log and "ckpt-00002" in log
-    final = read_history(train_dir / "history.jsonl")
+    final = read_history(train_dir.history)
     assert _comparable(final) == _comparable(_reference_history(cluster, "penguins", run_id, tmp_path))
 
 
@@ -124,8 +127,8 @@ def test_rest_requires_auth_and_a_viewer_cannot_trigger(cluster):
     assert invalid.status_code == 400  # the Param's minimum is 1
 
 
-def test_the_run_report_link_opens_the_report_through_the_api_server(cluster):
-    run_id = "kill-in-checkpoint"  # finished by the test above
+def test_the_run_report_link_opens_the_report_through_the_api_server(cluster, checkpoint_kill_run):
+    run_id = checkpoint_kill_run
     for task_id in ("train", "export"):
         links = cluster.api("GET", f"/dags/penguins/dagRuns/{run_id}/taskInstances/{task_id}/links").json()
         url = links["extra_links"]["Run report"]

@@ -10,8 +10,8 @@ import pytest
 from airflow_cluster import free_port
 from tests_support import ROOT
 
-from contrail.errors import ContrailError
-from contrail_airflow.mode import ServiceUnavailableError, airflow_settings, check_services, mask
+from contrail.errors import ContrailError, ServiceUnavailableError
+from contrail_airflow.mode import airflow_settings, check_services, mask
 
 
 def test_embedded_is_the_default_and_changes_nothing():

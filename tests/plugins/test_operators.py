@@ -8,8 +8,10 @@ from airflow.sdk.execution_time.context import OutletEventAccessors
 
 from contrail import artifacts
 from contrail.errors import ContrailError, SpecError
+from contrail.layout import PipelineLayout
 from contrail_airflow.assets import tfrecords_asset
-from contrail_airflow.operators import PreprocessOperator, TrainOperator, check_conf_keys, resolve_source
+from contrail_airflow.operators import PreprocessOperator, TrainOperator
+from contrail_airflow.params import check_conf_keys, resolve_source
 
 
 def _context(params: dict | None = None, conf: dict | None = None, run_id: str = "manual__2026-01-01T00:00:00+00:00"):
@@ -45,17 +47,15 @@ def test_declared_conf_keys_pass():
 )
 def test_data_source_override_must_stay_under_the_data_folder(override, tmp_path, monkeypatch):
     monkeypatch.setenv("CONTRAIL_DATA_DIR", str(tmp_path / "data"))
-    operator = PreprocessOperator(task_id="preprocess", source="x", spec_path="s.yaml", pipeline="penguins")
     with pytest.raises(SpecError, match=r"param 'data_source': expected a path under .*/data, found"):
-        resolve_source(operator, _context({"data_source": override}), "spec-source")
+        resolve_source("spec-source", override)
 
 
 def test_data_source_override_under_the_data_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("CONTRAIL_DATA_DIR", str(tmp_path / "data"))
-    operator = PreprocessOperator(task_id="preprocess", source="x", spec_path="s.yaml", pipeline="penguins")
-    resolved = resolve_source(operator, _context({"data_source": "penguins/2026-*.parquet"}), "spec-source")
+    resolved = resolve_source("spec-source", "penguins/2026-*.parquet")
     assert resolved == str(tmp_path / "data" / "penguins" / "2026-*.parquet")
-    assert resolve_source(operator, _context(), "spec-source") == "spec-source"
+    assert resolve_source("spec-source", None) == "spec-source"
 
 
 def test_preprocess_operator_writes_artifacts_and_returns_paths_only(write_spec, penguins_dir, tmp_path, monkeypatch):
@@ -71,9 +71,9 @@ def test_preprocess_operator_writes_artifacts_and_returns_paths_only(write_spec,
     result = operator.execute(context)
     json.dumps(result)  # XCom is JSON: small, and paths only
     assert len(json.dumps(result)) < 4096
-    run_dir = tmp_path / "artifacts" / "penguins" / "runs" / artifacts.run_key(context["run_id"])
-    assert result["step_dir"] == str(run_dir / "preprocess")
-    assert artifacts.read_manifest(run_dir / "preprocess")["result"] == result
+    run = PipelineLayout(tmp_path / "artifacts", "penguins").run(context["run_id"])
+    assert result["step_dir"] == str(run.preprocess.path)
+    assert artifacts.read_manifest(run.preprocess.path)["result"] == result
     event = context["outlet_events"][tfrecords_asset("penguins")]
     assert event.extra == {
         "run_id": context["run_id"],
@@ -82,7 +82,7 @@ def test_preprocess_operator_writes_artifacts_and_returns_paths_only(write_spec,
     }
     again = operator.execute(context)
     assert again["reused"] is True
-    assert [e["reused"] for e in artifacts.read_events(run_dir)] == [False, True]
+    assert [e["reused"] for e in artifacts.read_events(run.events)] == [False, True]
 
 
 def test_unresolved_upstream_result_is_a_clear_error(write_spec, tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests_support import PIPELINES, ROOT
 
 
 def lint(*paths: Path) -> subprocess.CompletedProcess:
@@ -41,7 +41,7 @@ def test_lint_points_at_file_line_and_field_without_airflow(write_spec):
 
 
 def test_an_unknown_pipeline_name_lists_the_pipelines_there_are(tmp_path):
-    env = {**os.environ, "CONTRAIL_SPEC_DIR": str(ROOT / "dags" / "pipelines")}
+    env = {**os.environ, "CONTRAIL_SPEC_DIR": str(PIPELINES)}
     for command in (
         ["-m", "contrail.cli", "summary", "pengiuns", "r1"],
         ["-m", "contrail_airflow.run", "pengiuns", "2026-01-01"],

@@ -11,6 +11,7 @@ from tests_support import run_export
 from contrail import inference
 from contrail.demo import penguins_table
 from contrail.errors import InferenceError, SchemaMismatchError, UnknownCategoryError
+from contrail.results import InferenceResult
 
 
 @pytest.fixture(scope="module")
@@ -20,16 +21,18 @@ def pipeline_dir(penguins_run, tmp_path_factory):
     return base
 
 
-def _infer(penguins_run, pipeline_dir: Path, source: str, step: str = "inference") -> dict:
+def _infer(penguins_run, pipeline_dir: Path, source: str, step: str = "inference") -> InferenceResult:
     return inference.run(
-        inference.InferenceArgs(str(penguins_run["spec"]), source, str(pipeline_dir / "runs" / step), str(pipeline_dir))
+        inference.InferenceArgs(
+            str(penguins_run["spec"]), source, str(pipeline_dir / "runs" / step), str(pipeline_dir / "models")
+        )
     )
 
 
 def test_one_prediction_per_input_row_with_key_and_version(penguins_run, pipeline_dir, penguins_dir):
     result = _infer(penguins_run, pipeline_dir, str(penguins_dir / "penguins_to_score" / "*.parquet"))
-    table = pa.concat_tables(pq.read_table(p) for p in result["predictions"])
-    assert table.num_rows == result["rows"] == 344
+    table = pa.concat_tables(pq.read_table(p) for p in result.predictions)
+    assert table.num_rows == result.rows == 344
     assert table.column("row_id").to_pylist() == penguins_table().column("row_id").to_pylist()
     assert set(table.column("model_version").to_pylist()) == {1}
     truth = penguins_table().column("species").to_pylist()

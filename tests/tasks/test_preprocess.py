@@ -15,9 +15,10 @@ import pytest
 from contrail import artifacts, preprocess
 from contrail.demo import penguins_table
 from contrail.errors import CorruptRecordError, EmptyInputError, SchemaMismatchError, UnknownCategoryError
+from contrail.results import PreprocessResult
 
 
-def _run(spec_path: Path, source: str, step_dir: Path) -> dict:
+def _run(spec_path: Path, source: str, step_dir: Path) -> PreprocessResult:
     return preprocess.run(preprocess.PreprocessArgs(str(spec_path), source, str(step_dir)))
 
 
@@ -34,9 +35,9 @@ def _records(path: str) -> list[dict]:
 def test_penguins_become_tfrecords_with_every_row_once(write_spec, penguins_dir, tmp_path):
     spec = write_spec()
     result = _run(spec, str(penguins_dir / "penguins" / "*.parquet"), tmp_path / "pre")
-    assert result["train_records"] + result["eval_records"] == result["input_rows"] == 344
+    assert result.train_records + result.eval_records == result.input_rows == 344
     ids = []
-    for path in result["train_files"] + result["eval_files"]:
+    for path in result.train_files + result.eval_files:
         ids += [r["row_id"].bytes_list.value[0].decode() for r in _records(path)]
     assert sorted(ids) == sorted(penguins_table().column("row_id").to_pylist())
     manifest = artifacts.read_manifest(tmp_path / "pre")
@@ -44,7 +45,7 @@ def test_penguins_become_tfrecords_with_every_row_once(write_spec, penguins_dir,
     assert sum(shard_counts.values()) == 344
     assert all(len(o["sha256"]) == 64 for o in manifest["outputs"])
     # A missing value is an absent feature, not a zero.
-    missing_sex = [r for p in result["train_files"] + result["eval_files"] for r in _records(p) if "sex" not in r]
+    missing_sex = [r for p in result.train_files + result.eval_files for r in _records(p) if "sex" not in r]
     assert len(missing_sex) == 11
 
 
@@ -64,18 +65,18 @@ def test_split_is_deterministic_and_keyed(write_spec, penguins_dir, tmp_path):
     third = _run(spec, str(shuffled / "*.parquet"), tmp_path / "c")
 
     def eval_ids(result):
-        return {r["row_id"].bytes_list.value[0] for p in result["eval_files"] for r in _records(p)}
+        return {r["row_id"].bytes_list.value[0] for p in result.eval_files for r in _records(p)}
 
     assert eval_ids(first) == eval_ids(second) == eval_ids(third)
-    assert 0.15 < first["eval_records"] / 344 < 0.35
+    assert 0.15 < first.eval_records / 344 < 0.35
 
 
 def test_normalization_statistics_come_from_train_rows_only(write_spec, penguins_dir, tmp_path):
     result = _run(write_spec(), str(penguins_dir / "penguins" / "*.parquet"), tmp_path / "pre")
-    schema = json.loads(Path(result["schema"]).read_text())
-    stats = json.loads(Path(result["stats"]).read_text())
+    schema = json.loads(Path(result.schema).read_text())
+    stats = json.loads(Path(result.stats).read_text())
     train_masses = [
-        r["body_mass_g"].float_list.value[0] for p in result["train_files"] for r in _records(p) if "body_mass_g" in r
+        r["body_mass_g"].float_list.value[0] for p in result.train_files for r in _records(p) if "body_mass_g" in r
     ]
     mass = next(f for f in schema["features"] if f["name"] == "body_mass_g")
     assert mass["mean"] == pytest.approx(np.mean(train_masses), rel=1e-6)
@@ -93,8 +94,8 @@ def test_rerun_with_same_inputs_is_skipped(write_spec, penguins_dir, tmp_path):
     first = _run(spec, source, tmp_path / "pre")
     before = (tmp_path / "pre" / "manifest.json").stat().st_mtime_ns
     second = _run(spec, source, tmp_path / "pre")
-    assert second.pop("reused") is True and first.pop("reused") is False
-    assert first == second
+    assert second.reused is True and first.reused is False
+    assert first == second.replace(reused=False)
     assert (tmp_path / "pre" / "manifest.json").stat().st_mtime_ns == before
 
 
@@ -106,7 +107,7 @@ def test_csv_source_with_missing_values(write_spec, tmp_path):
     pacsv.write_csv(penguins_table(), csv / "penguins.csv")
     spec = write_spec({"data": {"format": "csv", "source": str(csv / "*.csv")}})
     result = _run(spec, str(csv / "*.csv"), tmp_path / "pre")
-    assert result["input_rows"] == 344
+    assert result.input_rows == 344
 
 
 class TestPreprocessInvalidInput:
@@ -228,7 +229,7 @@ class TestPreprocessInvalidInput:
         with pytest.raises(SchemaMismatchError):
             _run(spec, bad, tmp_path / "pre")
         assert (tmp_path / "pre" / "manifest.json").read_bytes() == manifest_before
-        assert all(Path(p).is_file() for p in good["train_files"] + good["eval_files"])
+        assert all(Path(p).is_file() for p in good.train_files + good.eval_files)
         assert not list(tmp_path.glob(".staging-*"))
 
 
@@ -254,13 +255,13 @@ class TestCachingByContent:
         with caplog.at_level(logging.INFO, logger="contrail.cache"):
             caplog.clear()  # only the second run's records
             second = self._run(spec, str(csv), tmp_path / "runs" / "b" / "preprocess", cache_dir)
-        assert second["cache_hit"] and second["reused_from"] == first["step_dir"]
+        assert second.cache_hit and second.reused_from == first.step_dir
         assert not any("Hashed" in r.getMessage() for r in caplog.records)  # unchanged stat: no rehash
-        for a, b in zip(first["train_files"] + first["eval_files"], second["train_files"] + second["eval_files"]):
+        for a, b in zip(first.train_files + first.eval_files, second.train_files + second.eval_files):
             assert Path(b).parent == tmp_path / "runs" / "b" / "preprocess"
             assert os.stat(a).st_ino == os.stat(b).st_ino  # the same bytes, not a recomputation
-        assert second["train_records"] == first["train_records"]
-        assert artifacts.read_manifest(Path(second["step_dir"]))["fingerprint"] == first["fingerprint"]
+        assert second.train_records == first.train_records
+        assert artifacts.read_manifest(Path(second.step_dir))["fingerprint"] == first.fingerprint
 
     def test_new_data_under_the_same_name_and_size_is_noticed(self, write_spec, tmp_path):
         csv = self._csv(tmp_path)
@@ -275,12 +276,12 @@ class TestCachingByContent:
             handle.write(changed)
         assert csv.stat().st_size == size
         second = self._run(spec, str(csv), tmp_path / "runs" / "b" / "preprocess", cache_dir)
-        assert not second.get("cache_hit") and second["fingerprint"] != first["fingerprint"]
+        assert not second.cache_hit and second.fingerprint != first.fingerprint
 
         def count_39_2(result):
             values = [
                 r["bill_length_mm"].float_list.value[0]
-                for f in result["train_files"] + result["eval_files"]
+                for f in result.train_files + result.eval_files
                 for r in _records(f)
                 if "bill_length_mm" in r
             ]
@@ -304,15 +305,15 @@ def test_train_records_pack_non_nullable_floats_and_eval_records_keep_the_servin
         }
     )
     result = _run(spec, str(directory / "*.parquet"), tmp_path / "pre")
-    schema = json.loads(Path(result["schema"]).read_text())
+    schema = json.loads(Path(result.schema).read_text())
     assert schema["train_packing"] == {"feature": "contrail:dense_float", "columns": floats}
     by_id = {r: i for i, r in enumerate(table.column("row_id").to_pylist())}
-    for record in _records(result["train_files"][0])[:20]:
+    for record in _records(result.train_files[0])[:20]:
         assert "bill_length_mm" not in record and "year" in record
         row = by_id[record["row_id"].bytes_list.value[0].decode()]
         want = [np.float32(table.column(n)[row].as_py()) for n in floats]
         assert list(record["contrail:dense_float"].float_list.value) == want
-    for record in _records(result["eval_files"][0])[:5]:
+    for record in _records(result.eval_files[0])[:5]:
         assert "contrail:dense_float" not in record and set(floats) <= set(record)
 
 
@@ -329,11 +330,11 @@ def test_fan_out_over_file_groups_gives_the_single_task_result_byte_for_byte(wri
 
     args = preprocess.PreprocessArgs(str(spec), source, str(tmp_path / "fan" / "preprocess"))
     groups = preprocess.plan(args, 3)
-    assert [len(g["files"]) for g in groups] == [2, 2, 1]
-    parts = [preprocess.run_part(preprocess.PartArgs(**group))["part_dir"] for group in groups]
+    assert [len(g.files) for g in groups] == [2, 2, 1]
+    parts = [preprocess.run_part(group).step_dir for group in groups]
     fanned = preprocess.run(dataclasses.replace(args, parts=parts))
-    assert fanned["parts"] == 3 and fanned["fingerprint"] == single["fingerprint"]
-    single_dir, fan_dir = Path(single["step_dir"]), Path(fanned["step_dir"])
+    assert fanned.parts == 3 and fanned.fingerprint == single.fingerprint
+    single_dir, fan_dir = Path(single.step_dir), Path(fanned.step_dir)
     names = sorted(p.name for p in single_dir.iterdir() if p.name != "manifest.json")
     assert names == sorted(p.name for p in fan_dir.iterdir() if p.name != "manifest.json")
     assert len([n for n in names if n.startswith("train-")]) > 1  # several shards, so order matters

@@ -4,6 +4,7 @@ import pytest
 
 from contrail import select_best
 from contrail.errors import TrainingError
+from contrail.history import read_history
 from contrail.spec import EarlyStoppingSpec
 
 
@@ -36,9 +37,7 @@ def test_unknown_monitor_lists_what_exists():
 
 
 def test_selected_checkpoint_is_the_best_in_the_history(penguins_run):
-    from contrail.train import read_history
-
-    history = read_history(penguins_run["train"]["history"])
+    history = read_history(penguins_run["train"].history)
     best = penguins_run["best"]
-    assert best["value"] == min(r["metrics"]["val_loss"] for r in history)
-    assert best["checkpoint"].endswith(f"ckpt-{best['eval_index']:05d}")
+    assert best.value == min(r["metrics"]["val_loss"] for r in history)
+    assert best.checkpoint_path.endswith(f"ckpt-{best.eval_index:05d}")

@@ -1,18 +1,16 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from tests_support import PIPELINES
 
 from contrail.errors import SpecError
 from contrail.spec import load_spec
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def test_every_shipped_spec_is_valid():
-    for path in sorted((ROOT / "dags" / "pipelines").glob("*.yaml")):
+    for path in sorted(PIPELINES.glob("*.yaml")):
         loaded = load_spec(path)
         assert loaded.spec.name == path.stem
 
