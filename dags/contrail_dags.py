@@ -152,7 +152,9 @@ def load_all(spec_dir: Path | None = None) -> dict[str, DAG]:
             for dag in built:
                 if dag.dag_id in dags:
                     raise SpecError(
-                        f"{path}: field 'name': expected a DAG id no other spec generates, found {dag.dag_id!r} twice"
+                        f"{path}: field 'name': expected a DAG id no other spec generates, found {dag.dag_id!r} twice",
+                        path=str(path),
+                        field="name",
                     )
             dags.update((dag.dag_id, dag) for dag in built)
         except SpecError as exc:

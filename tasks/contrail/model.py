@@ -304,9 +304,8 @@ def warm_start(model: keras.Model, version_dir: Path) -> None:
     try:
         saved = json.loads((directory / layout.WARM_START_LAYOUT).read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise TrainingError(
-            f"{directory}: expected warm-start weights in the model version, found none", path=str(directory)
-        ) from exc
+        where, expected = str(directory), "warm-start weights in the model version"
+        raise translate(exc, TrainingError, where, expected=expected, found="none", path=str(directory)) from exc
     ours = [[w.path, list(w.shape)] for w in model.weights]
     # Compare positions and shapes: Keras numbers layer names per process (dense, dense_1, ...).
     for i in range(max(len(saved), len(ours))):

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from contrail import artifacts
-from contrail.errors import InferenceError, translating
+from contrail.errors import InferenceError, translate, translating
 from contrail.layout import ModelsLayout, PipelineLayout, VersionDir
 
 
@@ -111,10 +111,8 @@ def _as_table(data: Any) -> pa.Table:
     try:
         return pa.Table.from_pandas(data, preserve_index=False)
     except (TypeError, pa.ArrowException) as exc:
-        raise InferenceError(
-            f"predict: expected a pandas DataFrame, a pyarrow Table, a list of dicts or a dict of lists, "
-            f"found {type(data).__name__}"
-        ) from exc
+        expected = "a pandas DataFrame, a pyarrow Table, a list of dicts or a dict of lists"
+        raise translate(exc, InferenceError, "predict", expected=expected, found=type(data).__name__) from exc
 
 
 def prediction_table(outputs: Mapping[str, np.ndarray], schema: dict, version: int) -> pa.Table:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from contrail.errors import SpecError
+from contrail.errors import SpecError, translate
 
 _NAME_RE = r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$"
 _BUILD_FN_RE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
@@ -273,25 +273,28 @@ def load_spec(path: str | Path, *, check_build_fn: bool = True) -> LoadedSpec:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise SpecError(f"{path}: cannot read the spec: {exc.strerror or exc}") from exc
+        raise translate(exc, SpecError, f"{path}: cannot read the spec", path=str(path)) from exc
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+        raise SpecError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}", path=str(path)) from exc
     if not isinstance(raw, Mapping):
-        raise SpecError(f"{path}: expected a mapping of spec fields, found {type(raw).__name__}")
+        raise SpecError(f"{path}: expected a mapping of spec fields, found {type(raw).__name__}", path=str(path))
     try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as exc:
         lines = _line_index(node)
-        raise SpecError(_format_validation_error(path, exc, lines)) from exc
+        first = ".".join(str(p) for p in exc.errors()[0]["loc"]) if exc.errors() else None
+        raise SpecError(_format_validation_error(path, exc, lines), path=str(path), field=first) from exc
     if spec.name != path.stem:
         raise SpecError(
             f"{path}:{lines_for(node, ('name',))}: field 'name': expected the file name "
-            f"{path.stem!r} (one spec per file, named after its DAG), found {spec.name!r}"
+            f"{path.stem!r} (one spec per file, named after its DAG), found {spec.name!r}",
+            path=str(path),
+            field="name",
         )
     loaded = LoadedSpec(spec=spec, path=path.resolve())
     if check_build_fn:
@@ -313,7 +316,9 @@ def _check_build_fn_module(loaded: LoadedSpec, node: yaml.Node) -> None:
         raise SpecError(
             f"{loaded.path}:{lines_for(node, ('model', 'build_fn'))}: field 'model.build_fn': "
             f"expected an importable module, found no module {module!r} "
-            f"(looked for {local} and on sys.path)"
+            f"(looked for {local} and on sys.path)",
+            path=str(loaded.path),
+            field="model.build_fn",
         )
 
 

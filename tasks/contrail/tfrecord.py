@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contrail.errors import CorruptRecordError
+from contrail.errors import CorruptRecordError, translate
 
 INT_MISSING = np.iinfo(np.int64).min  # the int64 a missing int feature is read back as
 # The train split's non-nullable float features, packed into one fixed-length float list per
@@ -80,7 +80,9 @@ def count_records(path: Path, *, compression: str) -> int:
         counted = ds.batch(4096).reduce(tf.constant(0, tf.int64), lambda n, b: n + tf.size(b, out_type=tf.int64))
         return int(counted.numpy())
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
-        raise CorruptRecordError(f"{path}: expected a whole TFRecord file, found corrupt data: {exc.message}") from exc
+        raise translate(
+            exc, CorruptRecordError, str(path), expected="a whole TFRecord file", found="corrupt data", path=str(path)
+        ) from exc
 
 
 def verify_counts(files: Sequence[tuple[Path, int]], *, compression: str) -> None:

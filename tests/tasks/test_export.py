@@ -1,20 +1,20 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from tests_support import run_export
+from tests_support import run_export, saved_model_check
 
 from contrail import artifacts, serving
 from contrail.errors import InferenceError
+from contrail.results import ExportResult
 
 
-def _export(penguins_run, models_dir: Path, run_key: str, step_dir: Path, **extra) -> dict:
+def _export(penguins_run, models_dir: Path, run_key: str, step_dir: Path, **extra) -> ExportResult:
     return run_export(
         penguins_run, models_dir, run_key, step_dir, dag_id="penguins", run_id=f"manual__{run_key}", **extra
     )
@@ -22,53 +22,55 @@ def _export(penguins_run, models_dir: Path, run_key: str, step_dir: Path, **extr
 
 @pytest.fixture(scope="module")
 def exported(penguins_run, tmp_path_factory):
+    """Run r1's export (version 1, the first production model), once for the module. Tests only
+    read it: a test that exports again or moves production works on `own_export`."""
     base = tmp_path_factory.mktemp("export")
     result = _export(penguins_run, base / "models", "r1", base / "runs" / "r1" / "export")
     return {"base": base, "models": base / "models", "result": result}
 
 
+@pytest.fixture
+def own_export(exported, tmp_path):
+    """This test's own copy of `exported` (its models and run folders), as the module fixture left them."""
+    base = Path(shutil.copytree(exported["base"], tmp_path / "export"))
+    return {**exported, "base": base, "models": base / "models"}
+
+
 def test_first_export_is_version_1_and_production(exported):
     result = exported["result"]
-    assert (result["version"], result["blessing"], result["promoted"]) == (1, "first_model", True)
+    assert (result.version, result.decision, result.promoted) == (1, "first_model", True)
     production = json.loads((exported["models"] / "production.json").read_text())
     assert production["version"] == 1 and production["blessing"]["decision"] == "first_model"
-    assert result["candidate_score"]["val_accuracy"] >= 0.9
-    assert result["parity_max_abs_diff"] <= 1e-6
+    assert result.candidate_score["val_accuracy"] >= 0.9
+    assert result.parity_max_abs_diff <= 1e-6
 
 
 def test_version_carries_its_record(exported, penguins_run):
     info = json.loads((exported["models"] / "1" / "contrail.json").read_text())
     assert info["run_key"] == "r1" and info["dag_id"] == "penguins"
-    assert info["data_fingerprint"] == penguins_run["preprocess"]["fingerprint"]
-    assert info["selected"]["eval_index"] == penguins_run["best"]["eval_index"]
-    assert info["metrics"]["val_loss"] == penguins_run["best"]["value"] and "val_accuracy" in info["metrics"]
+    assert info["data_fingerprint"] == penguins_run["preprocess"].fingerprint
+    assert info["selected"]["eval_index"] == penguins_run["best"].eval_index
+    assert info["metrics"]["val_loss"] == penguins_run["best"].value and "val_accuracy" in info["metrics"]
     assert {"tensorflow", "keras", "pyarrow", "contrail", "python"} <= set(info["libraries"])
-    assert (
-        info["parity"]["fresh_process"] is True and info["parity"]["rows"] == penguins_run["preprocess"]["eval_records"]
-    )
+    assert info["parity"]["fresh_process"] is True and info["parity"]["rows"] == penguins_run["preprocess"].eval_records
     assert set(info["signatures"]) == {"serving_default", "predict"}
 
 
-def test_rerun_of_the_same_run_publishes_nothing_new(exported, penguins_run):
-    step_dir = exported["base"] / "runs" / "r1" / "export"
+def test_rerun_of_the_same_run_publishes_nothing_new(own_export, penguins_run):
+    step_dir = own_export["base"] / "runs" / "r1" / "export"
     (step_dir / "manifest.json").unlink()  # as if the task died after publishing
-    again = _export(penguins_run, exported["models"], "r1", step_dir)
-    assert again["version"] == 1 and again["blessing"] == "first_model"
-    assert sorted(p.name for p in exported["models"].iterdir() if p.name.isdigit()) == ["1"]
+    again = _export(penguins_run, own_export["models"], "r1", step_dir)
+    assert again.version == 1 and again.decision == "first_model"
+    assert sorted(p.name for p in own_export["models"].iterdir() if p.name.isdigit()) == ["1"]
 
 
 def test_signatures_load_and_agree_in_a_fresh_process(exported, penguins_run):
-    script = Path(__file__).resolve().parents[1] / "saved_model_check.py"
-    files = json.dumps(penguins_run["preprocess"]["eval_files"])
-    out = subprocess.run(
-        [sys.executable, str(script), str(exported["models"] / "1"), files], capture_output=True, text=True, check=True
-    )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = saved_model_check(exported["models"] / "1", penguins_run["preprocess"].eval_files)
     assert report["signatures"] == ["predict", "serving_default"]
     assert report["inputs"] == sorted(
         ["island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex", "year"]
     )
-    assert report["rows"] == penguins_run["preprocess"]["eval_records"]
+    assert report["rows"] == penguins_run["preprocess"].eval_records
     assert report["max_abs_diff"] <= 1e-6
     assert set(report["labels"]) <= {"Adelie", "Chinstrap", "Gentoo"}
 
@@ -102,32 +104,34 @@ def test_predict_signature_accepts_missing_values(exported):
     assert np.allclose([sum(p) for p in frame["probabilities"]], 1.0, atol=1e-5)
 
 
-def test_not_better_keeps_production_and_says_why(exported, penguins_run):
-    second = _export(penguins_run, exported["models"], "r2", exported["base"] / "runs" / "r2" / "export")
-    assert second["version"] == 2
-    assert (second["blessing"], second["promoted"], second["production_version"]) == ("not_better", False, 1)
-    assert second["production_score"] == second["candidate_score"]  # same weights, same eval rows
-    assert json.loads((exported["models"] / "production.json").read_text())["version"] == 1
-    blessing = json.loads((exported["base"] / "runs" / "r2" / "export" / "blessing.json").read_text())
+def test_not_better_keeps_production_and_says_why(own_export, penguins_run):
+    second = _export(penguins_run, own_export["models"], "r2", own_export["base"] / "runs" / "r2" / "export")
+    assert second.version == 2
+    assert (second.decision, second.promoted, second.production_version) == ("not_better", False, 1)
+    assert second.production_score == second.candidate_score  # same weights, same eval rows
+    assert json.loads((own_export["models"] / "production.json").read_text())["version"] == 1
+    blessing = json.loads((own_export["base"] / "runs" / "r2" / "export" / "blessing.json").read_text())
     assert "does not beat production v1" in blessing["reason"]
 
 
-def test_force_promote(exported, penguins_run):
+def test_force_promote(own_export, penguins_run):
     forced = _export(
-        penguins_run, exported["models"], "r3", exported["base"] / "runs" / "r3" / "export", force_promote=True
+        penguins_run, own_export["models"], "r3", own_export["base"] / "runs" / "r3" / "export", force_promote=True
     )
-    assert (forced["blessing"], forced["promoted"], forced["production_version"]) == ("forced", True, forced["version"])
-    production = json.loads((exported["models"] / "production.json").read_text())
-    assert production["version"] == forced["version"]
+    assert (forced.decision, forced.promoted, forced.production_version) == ("forced", True, forced.version)
+    production = json.loads((own_export["models"] / "production.json").read_text())
+    assert production["version"] == forced.version
     assert [h["decision"] for h in production["history"]] == ["first_model", "forced"]
 
 
-def test_concurrent_exports_get_distinct_versions(exported, penguins_run):
+def test_concurrent_exports_get_distinct_versions(own_export, penguins_run):
     results, errors = {}, []
 
     def go(key):
         try:
-            results[key] = _export(penguins_run, exported["models"], key, exported["base"] / "runs" / key / "export")
+            results[key] = _export(
+                penguins_run, own_export["models"], key, own_export["base"] / "runs" / key / "export"
+            )
         except Exception as exc:  # broad: surface any failure in the main thread
             errors.append(exc)
 
@@ -137,8 +141,8 @@ def test_concurrent_exports_get_distinct_versions(exported, penguins_run):
     for t in threads:
         t.join()
     assert not errors
-    assert results["c1"]["version"] != results["c2"]["version"]
-    assert all(r["blessing"] == "not_better" for r in results.values())
+    assert results["c1"].version != results["c2"].version
+    assert all(r.decision == "not_better" for r in results.values())
 
 
 def test_missing_version_directory_names_the_path(exported):
