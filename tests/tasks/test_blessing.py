@@ -1,0 +1,42 @@
+"""The promotion rule, pure: scores in, a decision and its reason out."""
+
+from __future__ import annotations
+
+import pytest
+
+from contrail.blessing import decide
+
+RULE = {"metric": "val_accuracy", "mode": "auto", "min_improvement": 0.01}
+
+
+@pytest.mark.parametrize(
+    "candidate, production, version, force, expected",
+    [
+        pytest.param(0.5, None, None, False, ("first_model", True), id="first-model"),
+        pytest.param(0.5, 0.9, 1, True, ("forced", True), id="forced-even-if-worse"),
+        pytest.param(0.92, 0.9, 1, False, ("better", True), id="better-by-more-than-min-improvement"),
+        pytest.param(0.905, 0.9, 1, False, ("not_better", False), id="better-by-less-than-min-improvement"),
+        pytest.param(0.8, 0.9, 1, False, ("not_better", False), id="worse"),
+    ],
+)
+def test_decisions(candidate, production, version, force, expected):
+    decision = decide(
+        {"val_accuracy": candidate},
+        None if production is None else {"val_accuracy": production},
+        RULE,
+        production_version=version,
+        force=force,
+    )
+    assert (decision.decision, decision.promoted) == expected
+    assert "val_accuracy" in decision.reason
+
+
+def test_the_reason_names_both_scores_and_the_rule():
+    decision = decide({"val_loss": 0.3}, {"val_loss": 0.2}, {**RULE, "metric": "val_loss"}, production_version=4)
+    assert decision.reason == "val_loss 0.3 does not beat production v4 0.2 (min, min_improvement=0.01)"
+
+
+def test_a_production_model_that_could_not_be_scored_is_replaced_and_the_note_says_why():
+    decision = decide({"val_accuracy": 0.5}, None, RULE, production_version=2, note="production v2 cannot score")
+    assert (decision.decision, decision.promoted) == ("better", True)
+    assert decision.reason.startswith("production v2 cannot score; promoting the candidate")
