@@ -51,8 +51,7 @@ def create_app():
     from fastapi import Depends, FastAPI, HTTPException
     from fastapi.responses import HTMLResponse
 
-    from contrail import artifacts, config, storage
-    from contrail.report import REPORT
+    from contrail import config, layout, storage
     from contrail.spec import is_valid_name
 
     app = FastAPI(title="Contrail run reports")
@@ -65,7 +64,7 @@ def create_app():
     def run_report(dag_id: str, run_id: str) -> HTMLResponse:
         if not is_valid_name(dag_id):
             raise HTTPException(404, f"no Contrail pipeline {dag_id!r}")
-        rel = f"{dag_id}/runs/{artifacts.run_key(run_id)}/{REPORT}"
+        rel = f"{layout.run_rel(dag_id, run_id)}/{layout.REPORT}"
         html = storage.read_text(config.artifact_location(), rel)
         if html is None:
             raise HTTPException(404, f"run {run_id!r} of {dag_id!r} has no report yet ({rel})")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from contrail import artifacts, blessing, serving
+from contrail import __version__, artifacts, blessing, layout, serving
 from contrail.errors import ExportError, translating
 from contrail.layout import ExportDir, ModelsLayout, VersionDir
 from contrail.results import ExportResult, PreprocessResult, SelectBestResult, TrainResult
@@ -120,7 +120,6 @@ def _export_new_version(args, loaded, params, schema, serialized, fp, models: Mo
     import keras
     import tensorflow as tf
 
-    from contrail import layout
     from contrail import model as model_lib
 
     keras.utils.set_random_seed(loaded.spec.train.seed)
@@ -253,9 +252,7 @@ def _keras_outputs(model, raw: dict, schema: dict) -> dict[str, np.ndarray]:
             for i in range(0, n, 4096)
         ]
     )
-    from contrail.model import head_outputs
-
-    return head_outputs(out, schema["label"]["task"])
+    return serving.head_outputs(out, schema["label"]["task"])
 
 
 def _compare(name: str, got: dict, want: dict, what: str) -> float:
@@ -347,8 +344,6 @@ def _library_versions() -> dict:
     import keras
     import pyarrow
     import tensorflow as tf
-
-    from contrail import __version__
 
     return {
         "contrail": __version__,

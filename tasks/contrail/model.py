@@ -148,15 +148,6 @@ def compile_model(model: keras.Model, label: dict, train: TrainSpec, params: dic
     model.optimizer.build(model.trainable_variables)
 
 
-def head_outputs(raw: np.ndarray, task: str) -> dict[str, np.ndarray]:
-    """The Keras head's output as the signatures name it: probabilities (two columns for a
-    binary task) and class index, or the regression value."""
-    if task == "regression":
-        return {"value": raw.reshape(-1)}
-    probabilities = np.concatenate([1.0 - raw.reshape(-1, 1), raw.reshape(-1, 1)], axis=1) if task == "binary" else raw
-    return {"probabilities": probabilities, "class_index": probabilities.argmax(axis=1)}
-
-
 def feature_parse_spec(schema: dict) -> dict[str, tf.io.FixedLenFeature]:
     """How to parse the raw features out of a serialized `tf.Example`."""
     spec = {}

@@ -22,16 +22,15 @@ import numpy as np
 import pyarrow as pa
 
 from contrail import artifacts
+from contrail.data import float_values
 from contrail.errors import InferenceError, translate, translating
 from contrail.layout import ModelsLayout, PipelineLayout, VersionDir
+from contrail.tfrecord import INT_MISSING
 
 
 def signature_inputs(table: pa.Table, schema: dict, *, source: str = "input") -> dict[str, np.ndarray]:
     """Columns of `table` as the `predict` signature's inputs: missing values become NaN
     (floats), the int64 minimum (ints) or the empty string (strings)."""
-    from contrail.data import float_values
-    from contrail.tfrecord import INT_MISSING
-
     inputs = {}
     for feature in schema["features"]:
         name, kind = feature["name"], feature["type"]
@@ -168,6 +167,15 @@ def load_version_dir(path: Path, version: int, *, published: bool = True) -> Loa
         info=artifacts.read_json(folder.info) if published else {},
         _module=module,
     )
+
+
+def head_outputs(raw: np.ndarray, task: str) -> dict[str, np.ndarray]:
+    """The Keras head's output as the signatures name it: probabilities (two columns for a
+    binary task) and class index, or the regression value."""
+    if task == "regression":
+        return {"value": raw.reshape(-1)}
+    probabilities = np.concatenate([1.0 - raw.reshape(-1, 1), raw.reshape(-1, 1)], axis=1) if task == "binary" else raw
+    return {"probabilities": probabilities, "class_index": probabilities.argmax(axis=1)}
 
 
 def score(outputs: Mapping[str, np.ndarray], targets: np.ndarray, task: str) -> dict[str, float]:

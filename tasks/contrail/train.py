@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contrail import artifacts, tfrecord
+from contrail import artifacts, serving, tfrecord
+from contrail.early_stopping import EvalEarlyStopping
 from contrail.errors import TrainingError
 from contrail.faults import failpoint
 from contrail.layout import ModelsLayout, TrainDir, checkpoint_record
@@ -133,7 +134,6 @@ class _Trainer:
 
     def fit(self) -> TrainResult:
         from contrail import model as model_lib
-        from contrail.early_stopping import EvalEarlyStopping
 
         train = self.train
         model_lib.set_seeds(train.seed, train.deterministic)
@@ -329,15 +329,12 @@ def _evaluate(model, eval_ds, schema: dict, replicated: bool) -> dict[str, float
     # across replicas): predict batch by batch instead, and score as export's blessing does.
     import numpy as np
 
-    from contrail import serving
-    from contrail.model import head_outputs
-
     outputs, targets = [], []
     for features, target in eval_ds:
         outputs.append(model(features, training=False).numpy())
         targets.append(target.numpy())
     task = schema["label"]["task"]
-    return serving.score(head_outputs(np.concatenate(outputs), task), np.concatenate(targets), task)
+    return serving.score(serving.head_outputs(np.concatenate(outputs), task), np.concatenate(targets), task)
 
 
 def _steps_per_execution(eval_every: int, max_steps: int, cap: int = 32) -> int:

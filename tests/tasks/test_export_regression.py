@@ -4,43 +4,21 @@ a changed schema, damaged versions, failed checks and concurrent promotions."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
-from tests_support import run_export
+from tests_support import run_export, saved_model_check, spec_variant
 
 from contrail import export, inference, preprocess, select_best, train
 from contrail.demo import write_cars
 from contrail.errors import ExportError
-
-ROOT = Path(__file__).resolve().parents[2]
-CHECK = ROOT / "tests" / "saved_model_check.py"
+from contrail.results import ExportResult
 
 
-def _spec(directory: Path, data: Path, **changes) -> Path:
-    spec = yaml.safe_load((ROOT / "dags" / "pipelines" / "cars.yaml").read_text())
-    spec["data"]["source"] = str(data / "cars" / "*.parquet")
-    spec["inference"]["source"] = str(data / "cars_to_score" / "*.parquet")
-    for dotted, value in changes.items():
-        node = spec
-        *parents, last = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        if value is None:
-            node.pop(last)
-        else:
-            node[last] = value
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "dags" / "pipelines" / "cars_model.py", directory / "cars_model.py")
-    path = directory / "cars.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+def _spec(directory: Path, data: Path, changes: dict | None = None) -> Path:
+    return spec_variant(directory, changes, base="cars", data_dir=data)
 
 
 def _pipeline(spec: Path, data: Path, run: Path, **train_overrides) -> dict:
@@ -66,25 +44,19 @@ def cars(tmp_path_factory):
 def test_regression_export_scores_and_serves(cars, tmp_path):
     models = tmp_path / "models"
     result = run_export(cars["good"], models, "r1", tmp_path / "export")
-    assert (result["version"], result["blessing"]) == (1, "first_model")
-    assert result["candidate_score"]["val_rmse"] < 4.5  # miles per gallon; the label's std is about 7.8
-    out = subprocess.run(
-        [sys.executable, str(CHECK), str(models / "1"), json.dumps(cars["good"]["preprocess"]["eval_files"])],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (result.version, result.decision) == (1, "first_model")
+    assert result.candidate_score["val_rmse"] < 4.5  # miles per gallon; the label's std is about 7.8
+    report = saved_model_check(models / "1", cars["good"]["preprocess"].eval_files)
     assert report["signatures"] == ["predict", "serving_default"] and report["max_abs_diff"] <= 1e-6
     scored = inference.run(
         inference.InferenceArgs(
             str(cars["good"]["spec"]),
             str(cars["data"] / "cars_to_score" / "*.parquet"),
             str(tmp_path / "inference"),
-            str(tmp_path),
+            str(models),
         )
     )
-    table = pq.read_table(scored["predictions"][0])
+    table = pq.read_table(scored.predictions[0])
     assert table.column_names == ["car_id", "prediction", "model_version"] and table.num_rows == 398
 
 
@@ -102,8 +74,8 @@ def test_a_failed_check_publishes_nothing(cars, tmp_path, monkeypatch):
 def test_only_one_of_two_concurrent_better_candidates_wins(cars, tmp_path):
     models = tmp_path / "models"
     weak = run_export(cars["weak"], models, "weak", tmp_path / "weak")
-    assert weak["blessing"] == "first_model"
-    results: dict[str, dict] = {}
+    assert weak.decision == "first_model"
+    results: dict[str, ExportResult] = {}
     threads = [
         threading.Thread(target=lambda k=k: results.setdefault(k, run_export(cars["good"], models, k, tmp_path / k)))
         for k in ("c1", "c2")
@@ -112,26 +84,26 @@ def test_only_one_of_two_concurrent_better_candidates_wins(cars, tmp_path):
         t.start()
     for t in threads:
         t.join()
-    decisions = sorted(r["blessing"] for r in results.values())
+    decisions = sorted(r.decision for r in results.values())
     assert decisions == ["better", "not_better"], decisions
-    winner = next(r for r in results.values() if r["blessing"] == "better")
+    winner = next(r for r in results.values() if r.decision == "better")
     production = json.loads((models / "production.json").read_text())
-    assert production["version"] == winner["version"]
+    assert production["version"] == winner.version
     assert [h["decision"] for h in production["history"]] == ["first_model", "better"]
 
 
 def test_schema_change_is_compared_on_the_new_eval_data(cars, tmp_path):
     models = tmp_path / "models"
-    narrow_spec = _spec(tmp_path / "narrow", cars["data"], **{"data.features.acceleration": None})
+    narrow_spec = _spec(tmp_path / "narrow", cars["data"], {"data": {"features": {"acceleration": None}}})
     narrow = _pipeline(narrow_spec, cars["data"], tmp_path / "runs" / "narrow", max_steps=100, eval_every_steps=50)
-    assert run_export(narrow, models, "narrow", tmp_path / "e1")["blessing"] == "first_model"
+    assert run_export(narrow, models, "narrow", tmp_path / "e1").decision == "first_model"
     wide = run_export(cars["good"], models, "wide", tmp_path / "e2")
     blessing = json.loads((tmp_path / "e2" / "blessing.json").read_text())
     assert blessing["schema_change"] == {"added": ["acceleration"], "removed": [], "retyped": []}
     assert blessing["production_score"] is not None, "the old model scored the new eval rows"
     assert "the schema changed (added acceleration)" in blessing["reason"]
-    assert blessing["eval_rows"] == cars["good"]["preprocess"]["eval_records"]
-    assert wide["blessing"] in ("better", "not_better")
+    assert blessing["eval_rows"] == cars["good"]["preprocess"].eval_records
+    assert wide.decision in ("better", "not_better")
 
 
 @pytest.mark.parametrize("damage", ["delete-saved-model", "garbage-saved-model", "garbage-production-json"])
