@@ -34,6 +34,7 @@ import logging
 import os
 import posixpath
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -110,23 +111,34 @@ def read_text(location: str, rel: str) -> str | None:
 
 WORKSPACE_PREFIX = "contrail-workspace-"
 # A fixed path, not under the scratch folder (TMPDIR and CONTRAIL_SCRATCH_DIR differ between
-# workers), so that every worker names an alias alike.
-ALIASES = Path("/tmp/contrail-aliases")
+# workers), so that every worker running as this user names an alias alike. Per user, 0700: no
+# other local user can plant a link that would make training read their TFRecords.
+ALIASES_PARENT = Path("/tmp")
+
+
+def private_dir(folder: Path) -> Path:
+    """`folder`, created 0700 if missing; a folder that is a link, is not this user's, or is open
+    to others is refused (never used, never followed)."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder, 0o700)
+    st = os.lstat(folder)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        kind = "a link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode) else "a file"
+        raise StorageError(
+            f"{folder}: expected a folder owned by this user (uid {os.getuid()}) with mode 0700, found {kind} "
+            f"owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}; remove it, or make it this user's "
+            "and 0700",
+            path=str(folder),
+        )
+    return folder
 
 
 def _alias_dir(scratch: Path) -> Path:
-    try:
-        if not ALIASES.is_dir():
-            ALIASES.mkdir(parents=True, exist_ok=True)
-            os.chmod(ALIASES, 0o1777)  # shared by the users of the machine, like /tmp
-        if os.access(ALIASES, os.W_OK):
-            return ALIASES
-    except OSError:
-        pass
-    log.warning("%s is not writable: aliases go under %s, which every worker must share", ALIASES, scratch)
-    fallback = scratch / "contrail-aliases"
-    fallback.mkdir(parents=True, exist_ok=True)
-    return fallback
+    folder = ALIASES_PARENT / f"contrail-aliases-{os.getuid()}"
+    if os.access(ALIASES_PARENT, os.W_OK):
+        return private_dir(folder)
+    log.warning("%s is not writable: aliases go under %s, which every worker must share", ALIASES_PARENT, scratch)
+    return private_dir(scratch / f"contrail-aliases-{os.getuid()}")
 
 
 def _remove_abandoned(scratch: Path) -> None:
@@ -189,7 +201,8 @@ class Workspace:
 
     def stable_alias(self, folder: Path, name: str) -> Path:
         """A path that names `folder` (in this copy) and is the same for every copy made for
-        `name` on any worker: a symbolic link in `ALIASES`, replaced atomically, removed with
+        `name` on any worker: a symbolic link in this user's private alias folder (0700, see
+        `private_dir`), replaced atomically, removed with
         the copy. For readers that write the names of the files they read into
         their own state (tf.data's iterator checkpoints do)."""
         link = _alias_dir(self._scratch) / name

@@ -17,10 +17,6 @@ from contrail.errors import ExportError
 from contrail.results import ExportResult
 
 
-def _spec(directory: Path, data: Path, changes: dict | None = None) -> Path:
-    return spec_variant(directory, changes, base="cars", data_dir=data)
-
-
 def _pipeline(spec: Path, data: Path, run: Path, **train_overrides) -> dict:
     pre = preprocess.run(
         preprocess.PreprocessArgs(str(spec), str(data / "cars" / "*.parquet"), str(run / "preprocess"))
@@ -34,10 +30,9 @@ def _pipeline(spec: Path, data: Path, run: Path, **train_overrides) -> dict:
 def cars(tmp_path_factory):
     base = tmp_path_factory.mktemp("cars")
     write_cars(base / "data")
-    good = _pipeline(_spec(base / "spec", base / "data"), base / "data", base / "runs" / "good")
-    weak = _pipeline(
-        _spec(base / "spec", base / "data"), base / "data", base / "runs" / "weak", max_steps=50, eval_every_steps=50
-    )
+    spec = spec_variant(base / "spec", base="cars", data_dir=base / "data")
+    good = _pipeline(spec, base / "data", base / "runs" / "good")
+    weak = _pipeline(spec, base / "data", base / "runs" / "weak", max_steps=50, eval_every_steps=50)
     return {"base": base, "data": base / "data", "good": good, "weak": weak}
 
 
@@ -94,7 +89,9 @@ def test_only_one_of_two_concurrent_better_candidates_wins(cars, tmp_path):
 
 def test_schema_change_is_compared_on_the_new_eval_data(cars, tmp_path):
     models = tmp_path / "models"
-    narrow_spec = _spec(tmp_path / "narrow", cars["data"], {"data": {"features": {"acceleration": None}}})
+    narrow_spec = spec_variant(
+        tmp_path / "narrow", {"data": {"features": {"acceleration": None}}}, base="cars", data_dir=cars["data"]
+    )
     narrow = _pipeline(narrow_spec, cars["data"], tmp_path / "runs" / "narrow", max_steps=100, eval_every_steps=50)
     assert run_export(narrow, models, "narrow", tmp_path / "e1").decision == "first_model"
     wide = run_export(cars["good"], models, "wide", tmp_path / "e2")
