@@ -10,14 +10,16 @@ values, never data. An operator never changes its own attributes in `execute()`.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from contrail import artifacts, config, storage
-from contrail.errors import SpecError
+from contrail.errors import ContrailError, SpecError
 from contrail.layout import READS, PipelineLayout, Reads, RunLayout
 from contrail_airflow.assets import model_asset, promotion_alias, tfrecords_asset
 from contrail_airflow.params import Overrides, check_conf_keys, overrides, resolve_source
@@ -64,6 +66,16 @@ class _ContrailOperator(BaseOperator):
         self.pipeline = pipeline
 
     def execute(self, context: Context) -> Any:
+        try:
+            return self._execute(context)
+        except ContrailError as exc:
+            if exc.retryable:
+                raise
+            # A spec, data, training or export error fails the same way on every try: fail now,
+            # without spending the task's retries (and delaying the alert) on it.
+            raise final(exc) from exc
+
+    def _execute(self, context: Context) -> Any:
         rendered = {name: getattr(self, name) for name in self.template_fields}
         with storage.Workspace(config.artifact_location(), config.scratch_dir()) as workspace:
             pipeline = PipelineLayout(workspace.root, self.pipeline)
@@ -385,6 +397,17 @@ class BatchInferenceOperator(_ContrailOperator):
             parts=self.parts,
         )
         return inference.run(args)
+
+
+@functools.cache
+def _final_class(cls: type[ContrailError]) -> type[ContrailError]:
+    return type(cls.__name__, (cls, AirflowFailException), {"__module__": cls.__module__, "__doc__": cls.__doc__})
+
+
+def final(exc: ContrailError) -> ContrailError:
+    """`exc` as an error Airflow does not retry: the same Contrail type, message, path and field,
+    and also an `AirflowFailException`."""
+    return _final_class(type(exc))(str(exc), path=exc.path, field=exc.field)
 
 
 def model_version(context: Context, export: Any) -> int | None:

@@ -21,6 +21,11 @@ Messages name the file or field, then say what was expected and what was found, 
 task log line is enough to fix the problem. Every error also carries that file (`path`) and
 field (`field`) as attributes, for code that reports or routes errors.
 
+`retryable` says whether running the same task again could succeed: only for the storage and
+service errors (a network blip, a bucket briefly unreachable, a database restarting). A spec,
+data, training, export or inference error fails the same way every time, so the operators fail
+those at once instead of spending a retry on them.
+
 Foreign errors (pyarrow's, TensorFlow's, the OS's, a user's build_fn's) become ours through
 `translate` or the `translating` context manager, and nowhere else; the original stays
 attached as `__cause__`.
@@ -35,6 +40,8 @@ from collections.abc import Iterator
 class ContrailError(Exception):
     """Base class of every error Contrail raises."""
 
+    retryable = False
+
     def __init__(self, message: str, *, path: str | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.path = None if path is None else str(path)
@@ -47,6 +54,8 @@ class ConfigError(ContrailError):
 
 class ServiceUnavailableError(ContrailError):
     """A database or broker the environment names did not answer."""
+
+    retryable = True
 
 
 class SpecError(ContrailError):
@@ -88,9 +97,13 @@ class InferenceError(ContrailError):
 class StorageError(ContrailError):
     """The artifact root could not be listed, read or written."""
 
+    retryable = True
+
 
 class ArtifactError(StorageError):
     """A committed artifact a step needs is missing, incomplete, or not in the expected format."""
+
+    retryable = False  # the step that should have committed it has to run again, not this one
 
 
 def translate(

@@ -225,5 +225,8 @@ def test_a_promotion_starts_the_scoring_dag_through_the_model_asset(cluster, bus
 def test_a_data_source_matching_nothing_names_the_resolved_glob(cluster):
     run = cluster.trigger(DAG, "no-partition", logical_date="2026-02-01T00:00:00Z")
     assert cluster.wait_for_run(DAG, run["dag_run_id"]) == "failed"
+    # Bad input fails the same way every time: one try, no retry spent (the spec has retries: 1).
+    tries = cluster.task_tries(DAG, run["dag_run_id"], "preprocess")
+    assert [t["state"] for t in tries] == ["failed"], tries
     log = "".join(p.read_text() for p in (cluster.home / "logs").rglob("*.log") if "no-partition" in str(p))
     assert f"{cluster.home}/data/daily/2026-02-01/*.parquet" in log

@@ -92,3 +92,23 @@ def test_unresolved_upstream_result_is_a_clear_error(write_spec, tmp_path, monke
     )
     with pytest.raises(ContrailError, match=r"upstream 'preprocess' result: expected a dict from XCom, found str"):
         operator.execute(_context())
+
+
+def test_bad_data_fails_without_a_retry_and_a_storage_error_keeps_its_retries(write_spec, tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from contrail.errors import EmptyInputError, StorageError
+
+    monkeypatch.setenv("CONTRAIL_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    operator = PreprocessOperator(
+        task_id="preprocess", source=str(tmp_path / "nothing" / "*.parquet"), spec_path=str(write_spec()), pipeline="p"
+    )
+    with pytest.raises(EmptyInputError, match=r"data\.source: expected at least one file") as caught:
+        operator.execute(_context())
+    assert isinstance(caught.value, AirflowFailException)  # Airflow fails the task at once
+
+    monkeypatch.setenv("CONTRAIL_ARTIFACT_ROOT", "s3://")
+    monkeypatch.setenv("CONTRAIL_STORAGE_OPTIONS", "{broken")
+    with pytest.raises(StorageError) as caught:
+        operator.execute(_context())
+    assert not isinstance(caught.value, AirflowFailException)  # a transient kind: retried as usual
