@@ -30,9 +30,10 @@ setup: $(STAMP)
 	@echo "Set up: $(VENV), Airflow metadata in airflow.db"
 
 demo: setup
-	$(ENV) contrail demo-data
-	$(ENV) python -m contrail_airflow.run penguins $(DEMO_DATE)
-	$(ENV) contrail summary penguins "$(DEMO_RUN_ID)" --output artifacts/demo-summary.json
+	@$(ENV) contrail demo-data >/dev/null
+	@echo "Running the penguins pipeline through Airflow; its log: logs/demo-$(DEMO_DATE).log"
+	@$(ENV) python -m contrail_airflow.run penguins $(DEMO_DATE) --log-file logs/demo-$(DEMO_DATE).log
+	@$(ENV) contrail summary penguins "$(DEMO_RUN_ID)" --output artifacts/demo-summary.json
 
 test: setup
 	scripts/install-browser

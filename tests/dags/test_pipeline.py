@@ -36,11 +36,12 @@ def run_pipeline(home: Path, *extra: str, date: str = "2026-01-01") -> subproces
 @pytest.fixture(scope="module")
 def demo(airflow_home) -> dict:
     write_penguins(airflow_home / "data")
-    first = run_pipeline(airflow_home)
-    assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:]
+    log_file = airflow_home / "logs" / "demo.log"
+    first = run_pipeline(airflow_home, "--log-file", str(log_file))
+    assert first.returncode == 0, first.stdout[-5000:] + first.stderr[-5000:] + log_file.read_text()[-5000:]
     run = PipelineLayout(airflow_home / "artifacts", "penguins").run(RUN_ID)
     results = {s: artifacts.read_manifest(run.step(s))["result"] for s in STEPS}  # each step's XCom, as stored
-    return {"home": airflow_home, "run": run, "results": results, "log": first.stdout + first.stderr}
+    return {"home": airflow_home, "run": run, "results": results, "log": log_file.read_text(), "terminal": first.stdout}
 
 
 def test_every_row_becomes_exactly_one_record(demo):
@@ -109,9 +110,27 @@ def test_second_run_skips_every_step_and_publishes_nothing(demo):
 
 
 def test_unknown_conf_key_fails_the_run(demo):
-    bad = run_pipeline(demo["home"], "--conf", json.dumps({"max_step": 5}), date="2026-01-02")
+    log_file = demo["home"] / "logs" / "bad.log"
+    bad = run_pipeline(
+        demo["home"], "--conf", json.dumps({"max_step": 5}), "--log-file", str(log_file), date="2026-01-02"
+    )
     assert bad.returncode == 1
-    assert "unknown conf key 'max_step'" in bad.stdout + bad.stderr
+    # The terminal names the failed task, the error and where the whole log is.
+    assert "preprocess           failed" in bad.stdout
+    assert "error: " in bad.stdout and "unknown conf key 'max_step'" in bad.stdout
+    assert f"full log: {log_file}" in bad.stdout and "unknown conf key 'max_step'" in log_file.read_text()
+
+
+def test_the_terminal_shows_a_line_per_task_and_the_log_file_the_rest(demo):
+    lines = demo["terminal"].strip().splitlines()
+    assert lines[0] == "Run manual__2026-01-01T00:00:00+00:00: success" and len(lines) == 6, lines
+    tasks = [line.split()[0] for line in lines[1:]]
+    assert tasks == ["preprocess", "train", "select_best", "export", "batch_inference"]
+    assert all(line.split()[1] == "success" for line in lines[1:])
+    assert "344 rows -> " in lines[1] and "version 1: first_model" in lines[4]
+    assert (
+        "TaskInstance" not in demo["terminal"] and "TaskInstance" in demo["log"]
+    )  # the runner's records went to the file
 
 
 def _chromium(*args: str, user_data: Path) -> subprocess.CompletedProcess:
