@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dag_id")
     parser.add_argument("logical_date", type=dt.date.fromisoformat)
     parser.add_argument("--conf", default="{}", help="JSON trigger params")
-    parser.add_argument("--log-file", type=Path, help="write Airflow's and TensorFlow's output here, not to the terminal")
+    parser.add_argument(
+        "--log-file", type=Path, help="write Airflow's and TensorFlow's output here, not to the terminal"
+    )
     args = parser.parse_args(argv)
 
     from contrail import config
