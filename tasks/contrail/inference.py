@@ -160,16 +160,23 @@ def _score(model: serving.LoadedModel, table: pa.Table, schema: dict, batch_size
 
 
 def _check_categories(table: pa.Table, features: dict, tolerance: float, path: Path) -> None:
+    """Values outside the model's vocabulary beyond what its cut (`max_vocab_size`) left out of
+    the train split, by more than `tolerance`: the data being scored drifted from the train data.
+
+    The model keeps its vocabulary, not every train value, so the cut's share is the train
+    split's (`cut_fraction` in the schema), an estimate of the share it has here."""
     for name, feature in features.items():
         if feature["type"] != "string":
             continue
         known = set(feature["vocabulary"])
         values = [v for v in table.column(name).to_pylist() if v not in (None, "")]
         unknown = [v for v in values if v not in known]
-        if values and len(unknown) / len(values) > tolerance:
+        share, cut = (len(unknown) / len(values) if values else 0.0), feature.get("cut_fraction", 0.0)
+        if share - cut > tolerance:
             raise UnknownCategoryError(
                 f"Feature {name!r} in {path}: expected at most {tolerance:.1%} values outside the model's "
-                f"vocabulary (data.max_oov_fraction), found {len(unknown) / len(values):.1%}, e.g. {unknown[0]!r}",
+                f"vocabulary beyond the {cut:.1%} its max_vocab_size cut (data.max_oov_fraction), found "
+                f"{share:.1%}, e.g. {unknown[0]!r}",
                 path=str(path),
                 field=f"data.features.{name}",
             )

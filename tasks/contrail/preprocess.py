@@ -47,7 +47,7 @@ STEP = "preprocess"
 PART_STEP = "preprocess-part"
 # Bumped whenever the same inputs would give other bytes (the split hash, the record layout),
 # so neither this run's manifest nor the cross-run cache hands back output of an older format.
-FORMAT = 2
+FORMAT = 3  # 3: string features record the vocabulary cut (schema `cut_fraction`, stats' unseen/cut counts)
 
 
 @dataclass(frozen=True)
@@ -473,15 +473,24 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
             vocab = [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][: fspec.max_vocab_size]
             known = set(vocab)
             eval_counts = _merge_counts([p["eval_counts"] for p in parts])
-            eval_total = sum(eval_counts.values())
-            oov = sum(c for v, c in eval_counts.items() if v not in known)
+            # Outside the vocabulary for two reasons: cut by max_vocab_size (the user's choice),
+            # or never seen in train (drift). Only the second counts against max_oov_fraction.
+            unseen = sum(c for v, c in eval_counts.items() if v not in counts)
+            cut = sum(c for v, c in eval_counts.items() if v in counts and v not in known)
+            train_cut = sum(c for v, c in counts.items() if v not in known)
             entry["vocabulary"] = vocab
+            entry["cut_fraction"] = _share(train_cut, sum(counts.values()))  # inference expects this much
             stat.update(
                 missing=sum(p["nulls"] for p in parts),
                 vocabulary_size=len(vocab),
                 top_values=[[v, counts[v]] for v in vocab[:10]],
-                eval_oov_count=oov,
-                eval_oov_fraction=round(oov / eval_total, 6) if eval_total else 0.0,
+                train_cut_fraction=entry["cut_fraction"],
+                eval_oov_count=unseen + cut,
+                eval_oov_fraction=_share(unseen + cut, sum(eval_counts.values())),
+                eval_unseen_count=unseen,
+                eval_unseen_fraction=_share(unseen, sum(eval_counts.values())),
+                eval_cut_count=cut,
+                eval_cut_fraction=_share(cut, sum(eval_counts.values())),
             )
         else:
             moments = _merge_moments(parts)
@@ -539,13 +548,20 @@ def _merge_label(parts: list[dict], spec: DataSpec) -> tuple[dict, dict]:
     return label, stats
 
 
+def _share(part: int, whole: int) -> float:
+    return round(part / whole, 6) if whole else 0.0
+
+
 def _check_oov(stats: dict, spec: DataSpec, source: str) -> None:
+    """Eval values never seen in train, beyond `max_oov_fraction`, are drift; values the
+    vocabulary cut (`max_vocab_size`) are the spec's choice and do not count."""
     for name, stat in stats["features"].items():
-        if stat.get("eval_oov_fraction", 0.0) > spec.max_oov_fraction:
+        if stat.get("eval_unseen_fraction", 0.0) > spec.max_oov_fraction:
             raise UnknownCategoryError(
                 f"Feature {name!r} in {source}: expected at most {spec.max_oov_fraction:.1%} of eval values "
-                f"outside the train vocabulary (data.max_oov_fraction), found {stat['eval_oov_fraction']:.1%} "
-                f"({stat['eval_oov_count']} values)",
+                f"never seen in the train split (data.max_oov_fraction), found {stat['eval_unseen_fraction']:.1%} "
+                f"({stat['eval_unseen_count']} values; another {stat['eval_cut_count']} are train values that "
+                f"max_vocab_size left out of the vocabulary, which do not count)",
                 path=source,
                 field=f"data.features.{name}",
             )

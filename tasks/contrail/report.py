@@ -325,18 +325,19 @@ def _data(stats: dict | None, preprocess: PreprocessResult | None) -> str:
     rows = []
     for name, feature in stats["features"].items():
         vocab = feature.get("vocabulary_size")
-        oov = feature.get("eval_oov_fraction")
+        oov, unseen = feature.get("eval_oov_fraction"), feature.get("eval_unseen_fraction")
         rows.append(
             "<tr>"
             f"<td>{_e(name)}</td><td>{_e(feature['type'])}</td><td>{feature['count']:,}</td>"
             f"<td>{feature['missing']:,}</td>"
             f"<td>{_num(feature.get('min'))}</td><td>{_num(feature.get('max'))}</td><td>{_num(feature.get('mean'))}</td>"
             f"<td>{'' if vocab is None else vocab}</td><td>{'' if oov is None else f'{oov:.1%}'}</td>"
+            f"<td>{'' if unseen is None else f'{unseen:.1%}'}</td>"
             "</tr>"
         )
     table = (
         '<table class="features"><thead><tr><th>feature</th><th>type</th><th>count</th><th>missing</th>'
-        "<th>min</th><th>max</th><th>mean</th><th>vocabulary</th><th>eval OOV</th></tr></thead><tbody>"
+        "<th>min</th><th>max</th><th>mean</th><th>vocabulary</th><th>eval OOV</th><th>never in train</th></tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table>"
     )
