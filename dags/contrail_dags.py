@@ -19,7 +19,7 @@ from airflow.sdk import DAG
 from contrail import config
 from contrail.errors import SpecError
 from contrail.spec import LoadedSpec, discover_specs, load_spec
-from contrail_airflow.assets import inference_dag_id, model_asset, promotion_alias, tfrecords_asset
+from contrail_airflow.assets import inference_dag_id, model_asset, promotion_alias, tfrecords_alias, tfrecords_asset
 from contrail_airflow.operators import (
     BatchInferenceOperator,
     ExportOperator,
@@ -68,7 +68,8 @@ def build_dag(loaded: LoadedSpec) -> DAG:
         preprocess = PreprocessOperator(
             task_id="preprocess",
             source=spec.data.source,
-            outlets=[tfrecords_asset(spec.name)],
+            inlets=[tfrecords_asset(spec.name)],  # to see its events: one per new output
+            outlets=[tfrecords_alias(spec.name)],
             **fan_out,
             **queue.get("preprocess", {}),
             **common,
@@ -82,6 +83,7 @@ def build_dag(loaded: LoadedSpec) -> DAG:
             preprocess=preprocess.output,
             train=train.output,
             best=select_best.output,
+            inlets=[model_asset(spec.name)],  # to see its events: one per promotion
             outlets=[promotion_alias(spec.name)],
             **queue.get("export", {}),
             **common,

@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from contrail import artifacts, config, storage
 from contrail.errors import ContrailError, SpecError
 from contrail.layout import READS, PipelineLayout, Reads, RunLayout
-from contrail_airflow.assets import model_asset, promotion_alias, tfrecords_asset
+from contrail_airflow.assets import emit_once, model_asset, promotion_alias, tfrecords_alias, tfrecords_asset
 from contrail_airflow.params import Overrides, check_conf_keys, overrides, resolve_source
 from contrail_airflow.report_plugin import RunReportLink
 
@@ -160,12 +160,14 @@ class PreprocessOperator(_ContrailOperator):
         from contrail import preprocess
 
         result = preprocess.run(self.args(task))
-        # The TFRecords asset's event (emitted on success) says which files this run published.
-        task.context["outlet_events"][tfrecords_asset(self.pipeline)].extra = {
+        # The TFRecords asset's event says which files this run published; once per run and output.
+        extra = {
             "run_id": task.context["run_id"],
             "step_dir": task.workspace.to_remote(result.step_dir),
             "fingerprint": result.fingerprint,
         }
+        pipeline = self.pipeline
+        emit_once(task.context, tfrecords_alias(pipeline), tfrecords_asset(pipeline), extra, key=list(extra))
         return result
 
 
@@ -331,17 +333,16 @@ class ExportOperator(_ContrailOperator):
             force_promote=task.overrides.force_promote,
         )
         result = export.run(args)
-        if result.promoted:
-            # Only a promotion updates the model asset. A retry of a promoting export emits it
-            # again: scoring twice is harmless, a promotion nobody scores is not.
-            task.context["outlet_events"][promotion_alias(self.pipeline)].add(
-                model_asset(self.pipeline),
-                extra={
-                    "version": result.version,
-                    "model_dir": task.workspace.to_remote(result.model_dir),
-                    "run_id": task.context["run_id"],
-                },
-            )
+        if result.promoted and result.production_version == result.version:
+            # Only a promotion updates the model asset, once: a rerun that reused this export
+            # announces nothing, a retry after a crash before the event still does.
+            extra = {
+                "version": result.version,
+                "model_dir": task.workspace.to_remote(result.model_dir),
+                "run_id": task.context["run_id"],
+            }
+            pipeline = self.pipeline
+            emit_once(task.context, promotion_alias(pipeline), model_asset(pipeline), extra, key=["version", "run_id"])
         return result
 
 

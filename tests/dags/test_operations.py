@@ -97,6 +97,15 @@ def _wait(predicate, timeout: float, what: str, cluster: AirflowCluster):
     )
 
 
+def _asset_events(cluster: AirflowCluster, kind: str) -> list[dict]:
+    """The `x-contrail://<DAG>/<kind>` asset's events: (run_id, version or fingerprint) each."""
+    (asset,) = cluster.api("GET", "/assets", params={"uri_pattern": f"x-contrail://{DAG}/{kind}"}).json()["assets"]
+    events = cluster.api("GET", "/assets/events", params={"asset_id": asset["id"], "limit": 100}).json()
+    return sorted(
+        (e["extra"]["run_id"], e["extra"].get("version", e["extra"].get("fingerprint"))) for e in events["asset_events"]
+    )
+
+
 def _pipeline(cluster: AirflowCluster) -> PipelineLayout:
     return PipelineLayout(cluster.home / "artifacts", DAG)
 
@@ -176,6 +185,8 @@ def test_rerunning_a_backfilled_date_reproduces_its_artifacts(cluster, busy_day)
     before = _snapshot(run.path)
     executions = len(artifacts.read_events(run.events))
     versions = sorted(p.name for p in _pipeline(cluster).models.path.iterdir())
+    announced = {kind: _asset_events(cluster, kind) for kind in ("model", "tfrecords")}
+    scoring_runs = len(_runs(cluster, f"{DAG}_inference"))
     # One backfill per DAG at a time: the scheduler closes the first once its runs are done.
     _wait(
         lambda: all(
@@ -193,6 +204,9 @@ def test_rerunning_a_backfilled_date_reproduces_its_artifacts(cluster, busy_day)
     assert sorted(e["step"] for e in rerun) == sorted(STEPS)
     assert all(e["reused"] for e in rerun), rerun
     assert sorted(p.name for p in _pipeline(cluster).models.path.iterdir()) == versions
+    # A rerun that reused everything announces nothing: no asset event, so no scoring run.
+    assert {kind: _asset_events(cluster, kind) for kind in ("model", "tfrecords")} == announced
+    assert len(_runs(cluster, f"{DAG}_inference")) == scoring_runs
 
 
 def test_a_promotion_starts_the_scoring_dag_through_the_model_asset(cluster, busy_day):

@@ -9,20 +9,38 @@ from airflow.sdk.execution_time.context import OutletEventAccessors
 from contrail import artifacts
 from contrail.errors import ContrailError, SpecError
 from contrail.layout import PipelineLayout
-from contrail_airflow.assets import tfrecords_asset
+from contrail_airflow.assets import tfrecords_alias, tfrecords_asset
 from contrail_airflow.operators import PreprocessOperator, TrainOperator
 from contrail_airflow.params import check_conf_keys, resolve_source
 
 
+class _RecordedEvents:
+    """The asset events Airflow would hand `context["inlet_events"][asset]`: what was emitted."""
+
+    def __init__(self, outlets: OutletEventAccessors) -> None:
+        self.outlets = outlets
+
+    def __getitem__(self, asset):
+        emitted = [
+            SimpleNamespace(extra=e.extra)
+            for alias in list(self.outlets)
+            for e in self.outlets[alias].asset_alias_events
+            if e.dest_asset_key.uri == asset.uri
+        ]
+        return SimpleNamespace(ascending=lambda _: SimpleNamespace(limit=lambda _: emitted[::-1]))
+
+
 def _context(params: dict | None = None, conf: dict | None = None, run_id: str = "manual__2026-01-01T00:00:00+00:00"):
     params = {"max_steps": 100, "batch_size": 32, "force_promote": False, "data_source": None, **(params or {})}
+    outlets = OutletEventAccessors()  # what the task runner gives execute()
     return {
         "run_id": run_id,
         "params": params,
         "dag_run": SimpleNamespace(conf=conf or {}),
         "dag": SimpleNamespace(dag_id="penguins", params=dict.fromkeys(params)),
         "ti": SimpleNamespace(try_number=1),
-        "outlet_events": OutletEventAccessors(),  # what the task runner gives execute()
+        "outlet_events": outlets,
+        "inlet_events": _RecordedEvents(outlets),
     }
 
 
@@ -74,7 +92,8 @@ def test_preprocess_operator_writes_artifacts_and_returns_paths_only(write_spec,
     run = PipelineLayout(tmp_path / "artifacts", "penguins").run(context["run_id"])
     assert result["step_dir"] == str(run.preprocess.path)
     assert artifacts.read_manifest(run.preprocess.path)["result"] == result
-    event = context["outlet_events"][tfrecords_asset("penguins")]
+    (event,) = context["outlet_events"][tfrecords_alias("penguins")].asset_alias_events
+    assert event.dest_asset_key.uri == tfrecords_asset("penguins").uri
     assert event.extra == {
         "run_id": context["run_id"],
         "step_dir": result["step_dir"],
@@ -82,6 +101,8 @@ def test_preprocess_operator_writes_artifacts_and_returns_paths_only(write_spec,
     }
     again = operator.execute(context)
     assert again["reused"] is True
+    # The rerun reused the output: nothing new to announce.
+    assert len(context["outlet_events"][tfrecords_alias("penguins")].asset_alias_events) == 1
     assert [e["reused"] for e in artifacts.read_events(run.events)] == [False, True]
 
 
