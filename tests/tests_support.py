@@ -5,6 +5,7 @@ fixtures from them, never the other way round.
 - `wait_until`: the one poll loop.
 - `airflow_env`: the environment of an Airflow process with its own home.
 - `saved_model_check`: load an exported model in a fresh process, with TensorFlow alone.
+- `task_context`: what Airflow hands an operator's `execute()`, for operator tests.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import yaml
@@ -142,6 +144,42 @@ def saved_model_check(model_dir: str | Path, eval_files: Sequence[str]) -> dict:
         check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class _RecordedEvents:
+    """The asset events Airflow would hand `context["inlet_events"][asset]`: what was emitted."""
+
+    def __init__(self, outlets: Any) -> None:
+        self.outlets = outlets
+
+    def __getitem__(self, asset):
+        emitted = [
+            SimpleNamespace(extra=e.extra)
+            for alias in list(self.outlets)
+            for e in self.outlets[alias].asset_alias_events
+            if e.dest_asset_key.uri == asset.uri
+        ]
+        return SimpleNamespace(ascending=lambda _: SimpleNamespace(limit=lambda _: emitted[::-1]))
+
+
+def task_context(
+    params: dict | None = None, conf: dict | None = None, run_id: str = "manual__2026-01-01T00:00:00+00:00"
+):
+    """The context the task runner gives `execute()`, for a run of `penguins`: params (with
+    `params` changed), conf, the DAG's declared params, and real asset event accessors."""
+    from airflow.sdk.execution_time.context import OutletEventAccessors
+
+    params = {"max_steps": 100, "batch_size": 32, "force_promote": False, "data_source": None, **(params or {})}
+    outlets = OutletEventAccessors()  # what the task runner gives execute()
+    return {
+        "run_id": run_id,
+        "params": params,
+        "dag_run": SimpleNamespace(conf=conf or {}),
+        "dag": SimpleNamespace(dag_id="penguins", params=dict.fromkeys(params)),
+        "ti": SimpleNamespace(try_number=1),
+        "outlet_events": outlets,
+        "inlet_events": _RecordedEvents(outlets),
+    }
 
 
 def run_export(stages: dict, models_dir, run_key: str, step_dir, **extra):

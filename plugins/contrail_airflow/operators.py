@@ -84,7 +84,8 @@ class _ContrailOperator(BaseOperator):
             inputs = storage.prepare(workspace, pipeline, run, self.reads, rendered, **hints)
             task = Task(context, workspace, pipeline, run, inputs, overrides(context["params"]))
             started = time.time()
-            result = self.run_step(task)
+            with storage.out_of_space_named(workspace.root, self.task_id):
+                result = self.run_step(task)
             if self.step is not None:
                 self._record(task, result, started)
             workspace.push()

@@ -27,6 +27,7 @@ a no-op, so operators are written once for both.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import json
@@ -464,3 +465,36 @@ def prepare(
         alias = workspace.stable_alias(Path(folder), f"{pipeline.pipeline}-{name}-{key[:16]}")
         inputs[name] = rebase(inputs[name], folder, str(alias))
     return inputs
+
+
+def _out_of_space(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from, is a full disk: the OS's ENOSPC, or
+    TensorFlow's ResourceExhaustedError carrying it (a checkpoint written to a full disk)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        if type(exc).__name__ == "ResourceExhaustedError" and "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextlib.contextmanager
+def out_of_space_named(folder: Path, step: str) -> Iterator[None]:
+    """A full disk under `folder` while `step` runs becomes a `StorageError` that names the
+    folder, the free space and the step (retryable: once space is freed, a retry resumes from
+    what the step committed), instead of the OS's or TensorFlow's words."""
+    try:
+        yield
+    except Exception as exc:  # broad: any layer may be the one that hit the full disk
+        if not _out_of_space(exc):
+            raise
+        usage = shutil.disk_usage(folder)
+        raise StorageError(
+            f"{folder}: no space left on the device while the {step} step was writing ({usage.free:,} of "
+            f"{usage.total:,} bytes free); free some space and run the task again: what it committed is kept, "
+            "and it resumes from there",
+            path=str(folder),
+        ) from exc

@@ -101,16 +101,20 @@ class Checkpoints(Handler):
         final = self.dir.checkpoint(evaluation.eval_index)
         staging = final.parent / f".staging-{final.name}-{uuid.uuid4().hex[:6]}"
         staging.mkdir(parents=True)
-        self.checkpoint.write(layout.checkpoint_prefix(staging))
-        state = {
-            "fingerprint": self.fingerprint,
-            "eval_index": evaluation.eval_index,
-            "step": evaluation.step,
-            "early_stopping": evaluation.early_stopping,
-            "history": evaluation.history,
-        }
-        failpoint(f"train.checkpoint_write.{evaluation.eval_index}")  # tensors written, state not yet
-        artifacts.write_json_atomic(layout.checkpoint_state(staging), state)
+        try:
+            self.checkpoint.write(layout.checkpoint_prefix(staging))
+            state = {
+                "fingerprint": self.fingerprint,
+                "eval_index": evaluation.eval_index,
+                "step": evaluation.step,
+                "early_stopping": evaluation.early_stopping,
+                "history": evaluation.history,
+            }
+            failpoint(f"train.checkpoint_write.{evaluation.eval_index}")  # tensors written, state not yet
+            artifacts.write_json_atomic(layout.checkpoint_state(staging), state)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # a kill leaves it; `restore` removes that one
+            raise
         if final.exists():  # left by an attempt whose history this one has rewound past
             shutil.rmtree(final)
         os.rename(staging, final)

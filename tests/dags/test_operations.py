@@ -97,7 +97,7 @@ def _wait(predicate, timeout: float, what: str, cluster: AirflowCluster):
     )
 
 
-def _asset_events(cluster: AirflowCluster, kind: str) -> list[dict]:
+def _asset_events(cluster: AirflowCluster, kind: str) -> list[tuple]:
     """The `x-contrail://<DAG>/<kind>` asset's events: (run_id, version or fingerprint) each."""
     (asset,) = cluster.api("GET", "/assets", params={"uri_pattern": f"x-contrail://{DAG}/{kind}"}).json()["assets"]
     events = cluster.api("GET", "/assets/events", params={"asset_id": asset["id"], "limit": 100}).json()

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
-from airflow.sdk.execution_time.context import OutletEventAccessors
+from tests_support import task_context
 
 from contrail import artifacts
 from contrail.errors import ContrailError, SpecError
@@ -14,45 +13,15 @@ from contrail_airflow.operators import PreprocessOperator, TrainOperator
 from contrail_airflow.params import check_conf_keys, resolve_source
 
 
-class _RecordedEvents:
-    """The asset events Airflow would hand `context["inlet_events"][asset]`: what was emitted."""
-
-    def __init__(self, outlets: OutletEventAccessors) -> None:
-        self.outlets = outlets
-
-    def __getitem__(self, asset):
-        emitted = [
-            SimpleNamespace(extra=e.extra)
-            for alias in list(self.outlets)
-            for e in self.outlets[alias].asset_alias_events
-            if e.dest_asset_key.uri == asset.uri
-        ]
-        return SimpleNamespace(ascending=lambda _: SimpleNamespace(limit=lambda _: emitted[::-1]))
-
-
-def _context(params: dict | None = None, conf: dict | None = None, run_id: str = "manual__2026-01-01T00:00:00+00:00"):
-    params = {"max_steps": 100, "batch_size": 32, "force_promote": False, "data_source": None, **(params or {})}
-    outlets = OutletEventAccessors()  # what the task runner gives execute()
-    return {
-        "run_id": run_id,
-        "params": params,
-        "dag_run": SimpleNamespace(conf=conf or {}),
-        "dag": SimpleNamespace(dag_id="penguins", params=dict.fromkeys(params)),
-        "ti": SimpleNamespace(try_number=1),
-        "outlet_events": outlets,
-        "inlet_events": _RecordedEvents(outlets),
-    }
-
-
 def test_unknown_conf_key_is_rejected_with_the_allowed_keys():
     with pytest.raises(
         SpecError, match=r"unknown conf key 'max_step'; expected only batch_size, data_source, force_promote, max_steps"
     ):
-        check_conf_keys(_context(conf={"max_step": 10}))
+        check_conf_keys(task_context(conf={"max_step": 10}))
 
 
 def test_declared_conf_keys_pass():
-    check_conf_keys(_context(conf={"max_steps": 10, "force_promote": True}))
+    check_conf_keys(task_context(conf={"max_steps": 10, "force_promote": True}))
 
 
 @pytest.mark.parametrize(
@@ -85,7 +54,7 @@ def test_preprocess_operator_writes_artifacts_and_returns_paths_only(write_spec,
         spec_path=str(spec),
         pipeline="penguins",
     )
-    context = _context()
+    context = task_context()
     result = operator.execute(context)
     json.dumps(result)  # XCom is JSON: small, and paths only
     assert len(json.dumps(result)) < 4096
@@ -112,7 +81,7 @@ def test_unresolved_upstream_result_is_a_clear_error(write_spec, tmp_path, monke
         task_id="train", preprocess="{{ not rendered }}", spec_path=str(write_spec()), pipeline="penguins"
     )
     with pytest.raises(ContrailError, match=r"upstream 'preprocess' result: expected a dict from XCom, found str"):
-        operator.execute(_context())
+        operator.execute(task_context())
 
 
 def test_bad_data_fails_without_a_retry_and_a_storage_error_keeps_its_retries(write_spec, tmp_path, monkeypatch):
@@ -125,11 +94,11 @@ def test_bad_data_fails_without_a_retry_and_a_storage_error_keeps_its_retries(wr
         task_id="preprocess", source=str(tmp_path / "nothing" / "*.parquet"), spec_path=str(write_spec()), pipeline="p"
     )
     with pytest.raises(EmptyInputError, match=r"data\.source: expected at least one file") as caught:
-        operator.execute(_context())
+        operator.execute(task_context())
     assert isinstance(caught.value, AirflowFailException)  # Airflow fails the task at once
 
     monkeypatch.setenv("CONTRAIL_ARTIFACT_ROOT", "s3://")
     monkeypatch.setenv("CONTRAIL_STORAGE_OPTIONS", "{broken")
     with pytest.raises(StorageError) as caught:
-        operator.execute(_context())
+        operator.execute(task_context())
     assert not isinstance(caught.value, AirflowFailException)  # a transient kind: retried as usual
