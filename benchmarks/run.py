@@ -388,7 +388,9 @@ def bench_inference(work: Path, rows: int, repeat: int) -> None:
     )
     loaded = serving.load_model(work, models_dir=work / "models", version=result.version)
     inputs = serving.signature_inputs(table, loaded.schema)
-    serialized = model_lib.read_serialized(pre.train_files, "none")[:rows]
+    # The eval records: the layout serving_default reads (train records pack their floats into
+    # one list, which no signature takes), repeated to the table's size.
+    serialized = np.resize(model_lib.read_serialized(pre.eval_files, "none"), rows)
     keras_model = model_lib.build_model(
         loaded.schema,
         __import__("contrail.spec", fromlist=["load_spec"]).load_spec(spec_path),
@@ -498,6 +500,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", default="train,encode,write,input,inference,parse")
     parser.add_argument("--tfx-bsl-python", help="python of the tfx-bsl environment (make bench-tfx-bsl)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json", help="where the JSON goes")
     args = parser.parse_args()
     global TFX_BSL_PYTHON
     TFX_BSL_PYTHON = args.tfx_bsl_python
@@ -522,7 +525,7 @@ def main() -> int:
             bench_parse(work, args.repeat)
         if "e2e" in sections:
             bench_e2e(work, args.repeat)
-    out = ROOT / "benchmarks" / "results.json"
+    out = args.out
     out.write_text(json.dumps({"rows": args.rows, "repeat": args.repeat, "results": RESULTS}, indent=2))
     print(f"Results written to {out}")
     return 0

@@ -257,6 +257,10 @@ class TrainOperator(_ContrailOperator):
             models_dir=str(task.pipeline.models.path),
             # A remote root gets every checkpoint as it is written: a retry elsewhere resumes.
             on_checkpoint=task.workspace.push if task.workspace.remote else None,
+            # The lease as every attempt sees it: the store's copy, for a remote root.
+            read_lease=task.workspace.reader(task.pipeline.rel(task.run.train.running))
+            if task.workspace.remote
+            else None,
         )
         return train.run(args)
 

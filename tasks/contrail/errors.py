@@ -12,6 +12,7 @@
     │   ├── CorruptRecordError    a TFRecord or Parquet file that cannot be read back whole
     │   └── UnknownCategoryError  out-of-vocabulary values beyond the spec's tolerance
     ├── TrainingError             build_fn failures, wrong output shape, NaN loss, bad monitor
+    │   └── LeaseLostError        another attempt took this training over: this one stops, publishing nothing
     ├── ExportError               a SavedModel that fails its parity or reload check
     ├── InferenceError            a row that cannot be scored, a missing production model
     └── StorageError              an artifact root that cannot be listed, read or written
@@ -84,6 +85,10 @@ class UnknownCategoryError(DataError):
 
 class TrainingError(ContrailError):
     """Training could not start or could not go on."""
+
+
+class LeaseLostError(TrainingError):
+    """Another attempt holds this training's lease; this one (an orphan) must not publish."""
 
 
 class ExportError(ContrailError):

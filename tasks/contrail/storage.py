@@ -37,7 +37,7 @@ import posixpath
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +301,15 @@ class Workspace:
                 local.write_bytes(data.replace(remote_name, local_name))
         self._snapshot[relpath] = _stat(local)
         self._remote_sizes[relpath] = size
+
+    def reader(self, rel: str) -> Callable[[], dict | None]:
+        """A function that reads the JSON record at `rel` from the root itself (None if absent)."""
+
+        def read() -> dict | None:
+            text = read_text(self.location, rel)
+            return None if text is None else json.loads(text)
+
+        return read
 
     def pull_records(self, rel: str) -> int:
         """Pull the small records (`*.json`, `*.jsonl`) under `rel`: manifests, histories, events."""

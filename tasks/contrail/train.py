@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from contrail.train_handlers import (
     Evaluation,
     Handler,
     HistoryWriter,
+    Lease,
     ProgressLog,
     Publisher,
     ReportWriter,
@@ -55,6 +54,8 @@ class TrainArgs:
     train_overrides: dict = field(default_factory=dict)  # e.g. {"max_steps": 200, "batch_size": 32}
     models_dir: str | None = None  # the pipeline's models/ folder: where train.warm_start looks
     on_checkpoint: Callable[[], None] | None = None  # called after each evaluation's checkpoint is written
+    # Reads running.json as every attempt sees it (a remote root's copy); None: the local file.
+    read_lease: Callable[[], dict | None] | None = None
 
 
 def effective_config(loaded: LoadedSpec, params: dict, train_overrides: dict) -> tuple[dict, TrainSpec]:
@@ -84,7 +85,8 @@ def run(args: TrainArgs) -> TrainResult:
     if (done := step.reusable()) is not None:
         return done
     _verify_examples(args.preprocess)
-    return _Trainer(step, loaded, params, train, args.preprocess, warm_start_from, args.on_checkpoint).fit()
+    lease = Lease(TrainDir(step.step_dir), args.read_lease)
+    return _Trainer(step, loaded, params, train, args.preprocess, warm_start_from, args.on_checkpoint, lease).fit()
 
 
 def _warm_start_source(train: TrainSpec, models_dir: str | None) -> str | None:
@@ -125,9 +127,11 @@ class _Trainer:
         preprocess: PreprocessResult,
         warm_start_from: str | None,
         on_checkpoint: Callable[[], None] | None,
+        lease: Lease,
     ):
         self.step, self.loaded, self.params, self.train = step, loaded, params, train
         self.preprocess, self.warm_start_from, self.on_checkpoint = preprocess, warm_start_from, on_checkpoint
+        self.lease = lease
         self.dir = TrainDir(step.step_dir)
         self.schema = artifacts.read_json(Path(preprocess.schema))
         self.early_stopping = train.early_stopping or EarlyStoppingSpec(patience=10**9)
@@ -137,7 +141,7 @@ class _Trainer:
 
         train = self.train
         model_lib.set_seeds(train.seed, train.deterministic)
-        self._mark_running()
+        self._take_over()
         strategy = model_lib.distribution_strategy(train.strategy)
         replicated = strategy.num_replicas_in_sync > 1
         log.info("Training with the %s strategy over %d replica(s)", train.strategy, strategy.num_replicas_in_sync)
@@ -166,7 +170,7 @@ class _Trainer:
             if stopper.state.stopped_eval_index is not None or step >= train.max_steps:
                 stop_reason = "resumed_complete"
         self.dir.path.mkdir(parents=True, exist_ok=True)
-        history_writer = HistoryWriter(self.dir)
+        history_writer = HistoryWriter(self.dir, fence=self.lease.check)
         if state is not None:
             history_writer.write(history)  # the restored checkpoint's, not a later attempt's
         model.make_train_function()
@@ -183,6 +187,13 @@ class _Trainer:
             handler.on_train_end()
         return self._commit(history, stopper, stop_reason, strategy.num_replicas_in_sync)
 
+    def _take_over(self) -> None:
+        """Take the lease: whoever trained here before (an orphan of a dead worker) is fenced off
+        from now on. A remote root gets the lease before it gets any checkpoint of this attempt."""
+        self.lease.acquire()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint()
+
     def _restore(self, model, strategy) -> tuple[Checkpoints, Any, dict | None]:
         """The checkpoints, the training data's iterator, and the state of the newest complete
         checkpoint restored into both (None: nothing to resume)."""
@@ -190,7 +201,12 @@ class _Trainer:
 
         def checkpoints(checkpoint) -> Checkpoints:
             return Checkpoints(
-                self.dir, checkpoint, self.step.fingerprint, self.train.keep_checkpoints, self.early_stopping
+                self.dir,
+                checkpoint,
+                self.step.fingerprint,
+                self.train.keep_checkpoints,
+                self.early_stopping,
+                fence=self.lease.check,
             )
 
         if strategy.num_replicas_in_sync > 1:
@@ -213,8 +229,8 @@ class _Trainer:
             ReportWriter(self.dir.path.parent, self.loaded.spec),
         ]
         if self.on_checkpoint is not None:
-            handlers.append(Publisher(self.on_checkpoint))  # e.g. to a remote artifact root
-        return [*handlers, ProgressLog(self.early_stopping, self.train.max_steps, step)]
+            handlers.append(Publisher(self.on_checkpoint, fence=self.lease.check))  # e.g. to a remote root
+        return [*handlers, self.lease, ProgressLog(self.early_stopping, self.train.max_steps, step)]
 
     def _train_dataset(self, seed: int):
         from contrail import model as model_lib
@@ -282,13 +298,6 @@ class _Trainer:
         history.append(record)
         evaluation = Evaluation(eval_index, step, metrics, record, history, stopper.as_dict())
         return evaluation, should_stop
-
-    def _mark_running(self) -> None:
-        """Say who is training here: a person (or a test) can find the process to inspect."""
-        self.dir.path.mkdir(parents=True, exist_ok=True)
-        artifacts.write_json_atomic(
-            self.dir.running, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        )
 
     def _commit(self, history: list[dict], stopper, stop_reason: str, replicas: int) -> TrainResult:
         if not history:

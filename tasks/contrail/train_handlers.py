@@ -5,6 +5,9 @@ handler after every evaluation, and `on_train_end()` once when it stops: the sha
 callbacks. Each handler can be built and driven alone (tests do), and none of them decides
 anything about training itself.
 
+- `Lease`: who trains in this folder (`running.json`: pid, host, a token, a heartbeat). Each
+  attempt takes it over; an attempt whose lease was taken (an orphan, left running by a dead
+  worker) is fenced off: it stops before it publishes another checkpoint or history.
 - `Checkpoints`: each evaluation's checkpoint (model, optimizer, data-iterator position and the
   early-stopping state), published by one rename; the newest complete one restored on a retry;
   retention of the best and the last few.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from contrail import artifacts, history, layout, report
+from contrail.errors import LeaseLostError
 from contrail.faults import failpoint
 from contrail.layout import TrainDir
 from contrail.spec import EarlyStoppingSpec
@@ -57,6 +62,57 @@ class Handler:
         pass
 
 
+class Lease(Handler):
+    """This attempt's hold on a train folder, in `running.json`.
+
+    :param read_current: reads the lease as every attempt sees it (for a remote artifact root,
+        the store's copy); by default the local file
+    """
+
+    def __init__(self, train_dir: TrainDir, read_current: Callable[[], dict | None] | None = None) -> None:
+        self.path = train_dir.running
+        self.token = uuid.uuid4().hex
+        self.started = time.time()
+        self.read_current = read_current or self._read_local
+
+    def _read_local(self) -> dict | None:
+        try:
+            return artifacts.read_json(self.path)
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self) -> None:
+        """Take the lease over (whoever held it) and say who is training here."""
+        self._write()
+
+    def check(self) -> None:
+        """Raise `LeaseLostError` if another attempt has taken the lease since."""
+        current = self.read_current() or {}
+        if current.get("token") != self.token:
+            raise LeaseLostError(
+                f"{self.path}: expected this attempt's lease (pid {os.getpid()} on {socket.gethostname()}), found "
+                f"pid {current.get('pid')} on {current.get('host')} holding it; a newer attempt took the training "
+                "over, so this one stops without publishing",
+                path=str(self.path),
+            )
+
+    def on_evaluation(self, evaluation: Evaluation) -> None:
+        self._write()  # the heartbeat: when this attempt last finished an evaluation
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json_atomic(
+            self.path,
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "token": self.token,
+                "started": self.started,
+                "heartbeat": time.time(),
+            },
+        )
+
+
 class Checkpoints(Handler):
     """Checkpoints under `train_dir/checkpoints/ckpt-NNNNN/`, each committed by its `state.json`.
 
@@ -64,16 +120,25 @@ class Checkpoints(Handler):
     :param fingerprint: the training config's; checkpoints of another config are discarded
     :param keep: how many of the newest checkpoints retention keeps (besides the best ones)
     :param early_stopping: the rule whose best checkpoints retention never deletes
+    :param fence: called just before a checkpoint is published; raises to stop an attempt that
+        no longer holds the lease
     """
 
     def __init__(
-        self, train_dir: TrainDir, checkpoint: Any, fingerprint: str, keep: int, early_stopping: EarlyStoppingSpec
+        self,
+        train_dir: TrainDir,
+        checkpoint: Any,
+        fingerprint: str,
+        keep: int,
+        early_stopping: EarlyStoppingSpec,
+        fence: Callable[[], None] = lambda: None,
     ) -> None:
         self.dir = train_dir
         self.checkpoint = checkpoint
         self.fingerprint = fingerprint
         self.keep = keep
         self.early_stopping = early_stopping
+        self.fence = fence
 
     def restore(self) -> dict | None:
         """Restore the newest complete checkpoint written under this fingerprint; return its
@@ -112,6 +177,7 @@ class Checkpoints(Handler):
             }
             failpoint(f"train.checkpoint_write.{evaluation.eval_index}")  # tensors written, state not yet
             artifacts.write_json_atomic(layout.checkpoint_state(staging), state)
+            self.fence()
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)  # a kill leaves it; `restore` removes that one
             raise
@@ -140,10 +206,12 @@ class Checkpoints(Handler):
 class HistoryWriter(Handler):
     """`history.jsonl`: the history saved with the newest checkpoint, one line per evaluation."""
 
-    def __init__(self, train_dir: TrainDir) -> None:
+    def __init__(self, train_dir: TrainDir, fence: Callable[[], None] = lambda: None) -> None:
         self.path = train_dir.history
+        self.fence = fence
 
     def write(self, records: list[dict]) -> None:
+        self.fence()
         history.write_history(self.path, records)
 
     def on_evaluation(self, evaluation: Evaluation) -> None:
@@ -186,12 +254,14 @@ class ReportWriter(Handler):
 
 
 class Publisher(Handler):
-    """Calls `publish` after each evaluation's checkpoint and records are written."""
+    """Calls `publish` after each evaluation's checkpoint and records are written (`fence` first)."""
 
-    def __init__(self, publish: Callable[[], None]) -> None:
+    def __init__(self, publish: Callable[[], None], fence: Callable[[], None] = lambda: None) -> None:
         self.publish = publish
+        self.fence = fence
 
     def on_evaluation(self, evaluation: Evaluation) -> None:
+        self.fence()
         self.publish()
 
 

@@ -8,10 +8,11 @@ import logging
 import pytest
 
 from contrail import layout
+from contrail.errors import LeaseLostError
 from contrail.history import read_history
 from contrail.layout import TrainDir
 from contrail.spec import EarlyStoppingSpec
-from contrail.train_handlers import Checkpoints, Evaluation, HistoryWriter, ProgressLog, Retention
+from contrail.train_handlers import Checkpoints, Evaluation, HistoryWriter, Lease, ProgressLog, Retention
 
 ES = EarlyStoppingSpec(monitor="val_loss", patience=3, min_delta=0.05)
 
@@ -102,3 +103,25 @@ def test_progress_log_names_evaluation_metrics_patience_and_eta(caplog):
     assert line.startswith("eval 3 | step 30/100 | 1000 examples/s | val_loss=0.6 | best val_loss=0.5 (eval 2)")
     assert "patience left 2" in line and "ETA <=" in line
     json.dumps(caplog.records[-1].args, default=str)  # lazy %-formatting: the arguments travel
+
+
+def test_a_newer_attempt_fences_the_older_one_off(tmp_path, checkpoint):
+    train_dir = TrainDir(tmp_path / "train")
+    orphan, retry = Lease(train_dir), Lease(train_dir)
+    orphan.acquire()
+    orphan.check()  # holds it
+    saved = Checkpoints(train_dir, checkpoint, "fp", keep=5, early_stopping=ES, fence=orphan.check)
+    first, second = _evaluations([0.9, 0.5])
+    saved.on_evaluation(first)
+    retry.acquire()  # the retry takes over while the orphan still runs
+    with pytest.raises(LeaseLostError, match=r"running\.json: expected this attempt's lease .* found pid \d+ on "):
+        saved.on_evaluation(second)
+    assert [d.name for d in train_dir.checkpoint_dirs()] == ["ckpt-00001"]  # the orphan published nothing more
+    assert not list(train_dir.checkpoints.glob(".staging-*"))
+    with pytest.raises(LeaseLostError):
+        HistoryWriter(train_dir, fence=orphan.check).write(second.history)
+    assert json.loads(train_dir.running.read_text())["token"] == retry.token
+    retry.on_evaluation(second)  # the holder's heartbeat
+    assert (
+        json.loads(train_dir.running.read_text())["heartbeat"] >= json.loads(train_dir.running.read_text())["started"]
+    )
