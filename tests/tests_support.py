@@ -6,6 +6,7 @@ fixtures from them, never the other way round.
 - `airflow_env`: the environment of an Airflow process with its own home.
 - `saved_model_check`: load an exported model in a fresh process, with TensorFlow alone.
 - `task_context`: what Airflow hands an operator's `execute()`, for operator tests.
+- `readme_commands`: the README's shell commands, for the tests that run them as written.
 """
 
 from __future__ import annotations
@@ -132,6 +133,27 @@ def airflow_env(home: Path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def readme_commands() -> list[str]:
+    """Every shell command in the README's `bash` code blocks, in order: one string per command,
+    line continuations joined, comments and blank lines left out."""
+    commands, block, pending = [], False, ""
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith("```"):
+            block = line.strip() == "```bash"
+            continue
+        if not block:
+            continue
+        line = pending + line.strip()
+        if line.endswith("\\"):
+            pending = line[:-1].rstrip() + " "
+            continue
+        pending = ""
+        command = line.split("  #", 1)[0].strip()
+        if command and not command.startswith("#"):
+            commands.append(command)
+    return commands
 
 
 def saved_model_check(model_dir: str | Path, eval_files: Sequence[str]) -> dict:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.resources
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -38,6 +40,25 @@ def write_penguins(data_dir: Path, parts: int = 2) -> dict[str, list[str]]:
     to_score = table.drop_columns(["species"])
     written["penguins_to_score"].append(_write(to_score, data_dir / "penguins_to_score" / "part-00000.parquet"))
     return written
+
+
+DAILY_DATES = tuple(f"2026-01-{d:02d}" for d in range(1, 8))
+
+
+def write_penguins_daily(data_dir: Path, today: dt.date | None = None) -> dict[str, int]:
+    """`penguins_daily/<ds>/part-00000.parquet`, the data of the scheduled demo pipeline
+    (`penguins_daily`): for each of the first seven days of 2026, a third of the penguins by row
+    (every island and species in each), so backfills over those dates work; and all of them
+    for yesterday and today (UTC), the dates a scheduled run may pick. Returns rows per date."""
+    table = penguins_table()
+    third = np.arange(table.num_rows) % 3
+    today = today or dt.datetime.now(dt.UTC).date()
+    partitions: dict[str, pa.Table] = {ds: table.filter(third == i % 3) for i, ds in enumerate(DAILY_DATES)}
+    for day in (today - dt.timedelta(days=1), today):
+        partitions[day.isoformat()] = table
+    for ds, part in partitions.items():
+        _write(part, data_dir / "penguins_daily" / ds / "part-00000.parquet")
+    return {ds: part.num_rows for ds, part in partitions.items()}
 
 
 def cars_table() -> pa.Table:

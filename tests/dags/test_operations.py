@@ -9,62 +9,33 @@ module fixture that the tests which look at its runs ask for, so any test runs a
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from airflow_cluster import AirflowCluster
-from tests_support import spec_variant, wait_until
+from tests_support import ROOT, readme_commands, spec_variant, wait_until
 
 from contrail import artifacts
-from contrail.demo import write_penguins
+from contrail.demo import DAILY_DATES, write_penguins, write_penguins_daily
 from contrail.layout import STEPS, PipelineLayout, RunLayout
 
 pytestmark = pytest.mark.slow
 
-DAG = "daily"
-BACKFILL_DATES = ["2026-01-01", "2026-01-02", "2026-01-03"]
-
-
-def _write_partitions(data: Path) -> dict[str, int]:
-    """`daily/<ds>/part.parquet`: a third of the penguins (by row_id) per backfill date, so each
-    partition has every island and species, and all of them for the dates a scheduled run may
-    pick (yesterday and today, UTC)."""
-    table = pa.concat_tables(pq.read_table(f) for f in sorted((data / "penguins").glob("*.parquet")))
-    third = np.arange(table.num_rows) % 3
-    rows = {}
-    today = dt.datetime.now(dt.UTC).date()
-    partitions = {d: third == i for i, d in enumerate(BACKFILL_DATES)}
-    for day in (today - dt.timedelta(days=1), today):
-        partitions[day.isoformat()] = None
-    for ds, mask in partitions.items():
-        part = table if mask is None else table.filter(mask)
-        (data / "daily" / ds).mkdir(parents=True)
-        pq.write_table(part, data / "daily" / ds / "part.parquet")
-        rows[ds] = part.num_rows
-    return rows
+DAG = "penguins_daily"  # the shipped scheduled pipeline, on the partitions `contrail demo-data` writes
+BACKFILL_DATES = list(DAILY_DATES[:3])
+# The README's backfill commands, run as written: three dates, then one of them again.
+BACKFILL, REPROCESS = [c for c in readme_commands() if " backfill create " in c]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     home = tmp_path_factory.mktemp("operations")
     write_penguins(home / "data")
-    rows = _write_partitions(home / "data")
+    rows = write_penguins_daily(home / "data")
     specs = home / "pipelines"
-    changes = {
-        "schedule": "@daily",
-        "catchup": False,
-        "data": {"source": "{{ data_dir }}/daily/{{ ds }}/*.parquet"},
-        "train": {"max_steps": 150, "eval_every_steps": 50},
-        "inference": {"on_promotion": True},
-    }
-    spec_variant(specs, changes, name=DAG)
+    spec_variant(specs, {"train": {"max_steps": 150}, "inference": {"on_promotion": True}}, base=DAG)
     # PostgreSQL: a CLI backfill writing while the scheduler and REST write is what SQLite's
     # single writer cannot take ("database is locked"); the embedded mode is for one user.
     with AirflowCluster(home, database="postgres", CONTRAIL_SPEC_DIR=str(specs)) as running:
@@ -74,11 +45,10 @@ def cluster(tmp_path_factory):
         yield running
 
 
-def _backfill(cluster: AirflowCluster, start: str, end: str, *extra: str) -> None:
-    command = ["backfill", "create", "--dag-id", DAG, "--from-date", start, "--to-date", end, *extra]
-    proc = subprocess.run(
-        [sys.executable, "-m", "airflow", *command], env=cluster.env, capture_output=True, text=True, timeout=120
-    )
+def _backfill(cluster: AirflowCluster, command: str) -> None:
+    """Run a README command in the project folder, against this cluster (scripts/env keeps the
+    cluster's AIRFLOW_HOME, database and secret, which are already set)."""
+    proc = subprocess.run(["bash", "-c", command], cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -129,7 +99,8 @@ def busy_day(cluster) -> dict:
     """Three backfilled dates, the scheduled run the scheduler creates for the latest interval,
     and a manual REST run with conf, all of the same pipeline, all in flight at once; returns
     the runs (by run id), the backfill's runs, and the state each run finished in."""
-    _backfill(cluster, BACKFILL_DATES[0], BACKFILL_DATES[-1], "--max-active-runs", "3")
+    assert f"--from-date {BACKFILL_DATES[0]} --to-date {BACKFILL_DATES[-1]}" in BACKFILL
+    _backfill(cluster, BACKFILL)
     cluster.trigger(DAG, "manual-concurrent", conf={"max_steps": 100}, logical_date="2026-01-02T12:00:00Z")
     scheduled = _wait(
         lambda: [r for r in _runs(cluster, DAG) if r["run_type"] == "scheduled"], 120, "a scheduled run", cluster
@@ -156,7 +127,7 @@ def test_backfill_scheduled_and_manual_runs_together(cluster, busy_day):
         ds = run["logical_date"][:10]
         preprocess = artifacts.read_manifest(_run(cluster, run_id).preprocess.path)
         sources = [Path(s) for s in preprocess["inputs"]]
-        assert sources == [cluster.home / "data" / "daily" / ds / "part.parquet"], (run_id, sources)
+        assert sources == [cluster.home / "data" / DAG / ds / "part-00000.parquet"], (run_id, sources)
         counts = preprocess["result"]["train_records"] + preprocess["result"]["eval_records"]
         assert counts == cluster.rows[ds], run_id
         keys.add(_run(cluster, run_id).key)
@@ -196,7 +167,8 @@ def test_rerunning_a_backfilled_date_reproduces_its_artifacts(cluster, busy_day)
         "the first backfill to complete",
         cluster,
     )
-    _backfill(cluster, "2026-01-02", "2026-01-02", "--reprocess-behavior", "completed")
+    assert "--from-date 2026-01-02 --to-date 2026-01-02 --reprocess-behavior completed" in REPROCESS
+    _backfill(cluster, REPROCESS)
     _wait(lambda: len(artifacts.read_events(run.events)) >= executions + 5, 600, "the rerun's five steps", cluster)
     assert cluster.wait_for_run(DAG, run_id) == "success"
     assert _snapshot(run.path) == before
@@ -243,4 +215,4 @@ def test_a_data_source_matching_nothing_names_the_resolved_glob(cluster):
     tries = cluster.task_tries(DAG, run["dag_run_id"], "preprocess")
     assert [t["state"] for t in tries] == ["failed"], tries
     log = "".join(p.read_text() for p in (cluster.home / "logs").rglob("*.log") if "no-partition" in str(p))
-    assert f"{cluster.home}/data/daily/2026-02-01/*.parquet" in log
+    assert f"{cluster.home}/data/{DAG}/2026-02-01/*.parquet" in log
