@@ -27,7 +27,7 @@ NOT_RUN_HERE = [
         r"contrail_airflow\.mode check$",
         "checks the reader's PostgreSQL and Redis: tests/plugins/test_mode.py checks it",
     ),
-    (r"^[A-Z_]+=\S+$", "an environment setting, not a command"),
+    (r"^[A-Z_]+=[^ ]+$|^[A-Z_]+='.*'$", "an environment setting, not a command"),
     (r"^(cp docker/|docker )", "the Docker deployment: no Docker engine on this machine (tests/test_deployment.py)"),
 ]
 RUN_HERE = [r"^scripts/env airflow db migrate$", r"^saved_model_cli "]
