@@ -123,7 +123,7 @@ def bench_train(work: Path, rows: int, repeat: int) -> None:
     (work / "data").mkdir()
     pq.write_table(table, work / "data" / "part-0.parquet")
     for batch_size in (256, 1024):
-        steps = min(rows // batch_size, 2000) // 4 * 4
+        steps = max(4, min(rows // batch_size, 2000) // 4 * 4)  # at least a round per evaluation
         # Four evaluation rounds: the first pays for tracing and filling buffers, as the
         # baseline's warm-up fit does; the figure is the median of the later rounds.
         spec_path = synthetic_spec(

@@ -48,7 +48,9 @@ def cluster(tmp_path_factory):
 def _backfill(cluster: AirflowCluster, command: str) -> None:
     """Run a README command in the project folder, against this cluster (scripts/env keeps the
     cluster's AIRFLOW_HOME, database and secret, which are already set)."""
-    proc = subprocess.run(["bash", "-c", command], cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["bash", "-c", command], cwd=ROOT, env=cluster.env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -96,15 +98,22 @@ def _snapshot(directory: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def busy_day(cluster) -> dict:
-    """Three backfilled dates, the scheduled run the scheduler creates for the latest interval,
-    and a manual REST run with conf, all of the same pipeline, all in flight at once; returns
-    the runs (by run id), the backfill's runs, and the state each run finished in."""
-    assert f"--from-date {BACKFILL_DATES[0]} --to-date {BACKFILL_DATES[-1]}" in BACKFILL
-    _backfill(cluster, BACKFILL)
-    cluster.trigger(DAG, "manual-concurrent", conf={"max_steps": 100}, logical_date="2026-01-02T12:00:00Z")
+    """The scheduled run the scheduler creates for the latest interval (the pipeline's first),
+    then three backfilled dates and a manual REST run with conf, all of the same pipeline, all
+    in flight at once; returns the runs (by run id), the backfill's runs, and the state each run
+    finished in.
+
+    The scheduled run goes first because of an Airflow 3.3 race: the first events two tasks emit
+    at once through a new asset alias both insert its alias-asset row, and the loser is marked
+    failed without a retry (UniqueViolation on asset_alias_asset_pkey). A pipeline's first run
+    announces its TFRecords alone; from then on, concurrent announcements are safe."""
     scheduled = _wait(
         lambda: [r for r in _runs(cluster, DAG) if r["run_type"] == "scheduled"], 120, "a scheduled run", cluster
     )
+    first = cluster.wait_for_run(DAG, scheduled[0]["dag_run_id"], timeout=900)
+    assert f"--from-date {BACKFILL_DATES[0]} --to-date {BACKFILL_DATES[-1]}" in BACKFILL
+    _backfill(cluster, BACKFILL)
+    cluster.trigger(DAG, "manual-concurrent", conf={"max_steps": 100}, logical_date="2026-01-02T12:00:00Z")
     backfill = _wait(
         lambda: (runs := [r for r in _runs(cluster, DAG) if r["run_type"] == "backfill"]) and len(runs) == 3 and runs,
         60,
@@ -114,7 +123,7 @@ def busy_day(cluster) -> dict:
     runs = {r["dag_run_id"]: r for r in [*backfill, *scheduled]}
     runs["manual-concurrent"] = {"logical_date": "2026-01-02T12:00:00Z"}
     states = {run_id: cluster.wait_for_run(DAG, run_id, timeout=900) for run_id in runs}
-    return {"runs": runs, "backfill": backfill, "states": states}
+    return {"runs": runs, "backfill": backfill, "states": {**states, scheduled[0]["dag_run_id"]: first}}
 
 
 def test_backfill_scheduled_and_manual_runs_together(cluster, busy_day):
