@@ -1,7 +1,7 @@
 """Thin Airflow operators around the steps in `contrail` (the `tasks/contrail/` folder).
 
 Each `execute()` opens the task's workspace (the artifact root, or a local copy of a remote
-one), gets its rendered inputs ready there (`contrail.storage.prepare`, driven by the step's
+one), gets its rendered inputs ready there (`contrail.task.prepare`, driven by the step's
 declared `READS`), builds the step's arguments, calls the step, records the execution in the
 run's event log, and returns the step's result as XCom: artifact paths, counts and metric
 values, never data. An operator never changes its own attributes in `execute()`. Step modules
@@ -19,6 +19,7 @@ from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from contrail import artifacts, config, storage
+from contrail import task as task_io
 from contrail.errors import ContrailError, SpecError
 from contrail.layout import READS, PipelineLayout, Reads, RunLayout
 from contrail_airflow.assets import emit_once, model_asset, promotion_alias, tfrecords_alias, tfrecords_asset
@@ -52,7 +53,7 @@ class _ContrailOperator(BaseOperator):
 
     Subclasses set `reads` (what the step reads from the artifact root), implement
     `run_step(task)`, and may give `read_hints` (which folder is their own, which model they
-    score with) for `storage.prepare`.
+    score with) for `task.prepare`.
     """
 
     template_fields: tuple[str, ...] = ("spec_path",)
@@ -81,10 +82,10 @@ class _ContrailOperator(BaseOperator):
             pipeline = PipelineLayout(workspace.root, self.pipeline)
             run = pipeline.run(context["run_id"])
             hints = self.read_hints(context, rendered, pipeline, run)
-            inputs = storage.prepare(workspace, pipeline, run, self.reads, rendered, **hints)
+            inputs = task_io.prepare(workspace, pipeline, run, self.reads, rendered, **hints)
             task = Task(context, workspace, pipeline, run, inputs, overrides(context["params"]))
             started = time.time()
-            with storage.out_of_space_named(workspace.root, self.task_id):
+            with task_io.out_of_space_named(workspace.root, self.task_id):
                 result = self.run_step(task)
             if self.step is not None:
                 self._record(task, result, started)
@@ -93,7 +94,7 @@ class _ContrailOperator(BaseOperator):
         return workspace.to_remote(xcom)
 
     def read_hints(self, context: Context, rendered: dict, pipeline: PipelineLayout, run: RunLayout) -> dict:
-        """Keyword arguments of `storage.prepare` this task needs besides its `reads`."""
+        """Keyword arguments of `task.prepare` this task needs besides its `reads`."""
         return {}
 
     def run_step(self, task: Task) -> Any:

@@ -24,7 +24,7 @@ The classes here only compose paths: none of them writes a file, and the only re
 models folder (`ModelsLayout.versions`, `versions_of_run`, `production_version`).
 
 `READS` declares, as data, what each step's task reads from the artifact root. The remote-root
-pulls (`contrail.storage.prepare`) consume it; it lives here, not in the step modules, so that
+pulls (`contrail.task.prepare`) consume it; it lives here, not in the step modules, so that
 the operators can name it at DAG-parse time without importing a step (and TensorFlow).
 """
 
