@@ -10,10 +10,14 @@ row. Here the protobuf wire format is written directly with numpy, a column at a
               | 0x1A len(Int64List) Int64List
     *List     = 0x0A len(payload) payload        packed floats/varints, or one bytes value
 
-Each column becomes a padded 2-D byte array (one row per record, with a length per row); when
-every column has a fixed width the records are one `hstack`, otherwise each column is scattered
-into place once. A missing value is an absent map entry, as protobuf writes it. Map entries come
-in column order; protobuf's own order may differ, which `tf.io.parse_example` does not mind.
+Each column's framing (tags and length varints, at most a few dozen bytes) becomes a padded 2-D
+byte array, one row per record with a length per row. When every part has a fixed width the
+records are one structured copy. Otherwise (varints of different sizes, strings, missing values)
+the records are laid out back to back: each row's length is summed from its parts, and each part
+is scattered once into its rows' places. Variable-length values (strings) never go through a
+padded matrix: they are copied from Arrow's buffer (`Ragged`), so one long string does not widen
+every record. A missing value is an absent map entry, as protobuf writes it. Map entries come in
+column order; protobuf's own order may differ, which `tf.io.parse_example` does not mind.
 """
 
 from __future__ import annotations
@@ -38,6 +42,23 @@ class Block:
     @property
     def fixed(self) -> bool:
         return bool(self.lengths.size == 0 or (self.lengths == self.data.shape[1]).all())
+
+
+@dataclass(frozen=True)
+class Ragged:
+    """Per-row byte strings in a flat buffer: row i is `data[starts[i] : starts[i] + lengths[i]]`."""
+
+    data: np.ndarray  # uint8
+    starts: np.ndarray  # int64 [rows]
+    lengths: np.ndarray  # int64 [rows]
+
+    fixed = False
+
+    def absent(self, present: np.ndarray) -> Ragged:
+        return Ragged(self.data, self.starts, np.where(present, self.lengths, 0))
+
+
+Part = Block | Ragged
 
 
 @dataclass(frozen=True)
@@ -131,7 +152,7 @@ def _delimited(tag: int, body: Block) -> Block:
     return join([_const(n, bytes([tag])), varint_block(body.lengths), body])
 
 
-def _payload(kind: str, array: pa.Array) -> tuple[Block, np.ndarray]:
+def _payload(kind: str, array: pa.Array) -> tuple[Part, np.ndarray]:
     """Each row's list payload, and which rows have a value."""
     n = len(array)
     present = np.asarray(pc.is_valid(array).to_numpy(zero_copy_only=False), dtype=bool)
@@ -148,14 +169,7 @@ def _payload(kind: str, array: pa.Array) -> tuple[Block, np.ndarray]:
     offsets = np.frombuffer(binary.buffers()[1], dtype=np.int64)[binary.offset : binary.offset + n + 1]
     raw = binary.buffers()[2]
     raw = np.frombuffer(raw, dtype=np.uint8) if raw is not None else np.zeros(0, dtype=np.uint8)
-    lengths = np.diff(offsets).astype(np.int64)
-    width = int(lengths.max()) if n else 0
-    data = np.zeros((n, width), dtype=np.uint8)
-    if width:
-        cols = np.arange(width)[None, :]
-        valid = cols < lengths[:, None]
-        data[valid] = raw[(offsets[:-1, None] + cols)[valid]]
-    return Block(data, lengths), present
+    return Ragged(raw, offsets[:-1].astype(np.int64), np.diff(offsets).astype(np.int64)), present
 
 
 def _list_payload(kind: str, array: pa.FixedSizeListArray, present: np.ndarray) -> Block:
@@ -175,8 +189,8 @@ def _list_payload(kind: str, array: pa.FixedSizeListArray, present: np.ndarray) 
     raise ValueError(f"fixed-length lists of {kind} are not supported; use float or int")
 
 
-def encode_feature(name: str, kind: str, array: pa.Array) -> list[Block]:
-    """One map entry (`0x0A len entry`) per row, as blocks to join; nothing where missing."""
+def encode_feature(name: str, kind: str, array: pa.Array) -> list[Part]:
+    """One map entry (`0x0A len entry`) per row, as parts to lay out in order; nothing where missing."""
     payload, present = _payload(kind, array)
     n = len(present)
     key = name.encode()
@@ -189,12 +203,48 @@ def encode_feature(name: str, kind: str, array: pa.Array) -> list[Block]:
         inner = key_part + bytes([0x12]) + _varint(len(feature) + width) + feature
         header = bytes([0x0A]) + _varint(len(inner) + width) + inner
         return [_const(n, header), payload]
+    if isinstance(payload, Ragged):
+        return _ragged_entry(key_part, _FEATURE_TAG[kind], payload, present)
     feature = _delimited(_FEATURE_TAG[kind], _delimited(0x0A, payload))
     block = _delimited(0x0A, join([_const(n, key_part), _delimited(0x12, feature)]))
     if present.all():
         return [block]
     data = np.where(present[:, None], block.data, 0).astype(np.uint8)
     return [Block(data, np.where(present, block.lengths, 0))]
+
+
+def _ragged_entry(key_part: bytes, tag: int, payload: Ragged, present: np.ndarray) -> list[Part]:
+    """A map entry whose value has a length of its own per row (a bytes value): the framing as
+    one small padded block, computed from the lengths alone, then the value copied as it is."""
+    n = len(present)
+    value = payload.lengths
+    bytes_list = 1 + _varint_lengths(value) + value  # 0x0A varint(len) value
+    feature = 1 + _varint_lengths(bytes_list) + bytes_list  # tag varint(len) BytesList
+    entry = len(key_part) + 1 + _varint_lengths(feature) + feature  # key 0x12 varint(len) Feature
+    header = join(
+        [
+            _const(n, b"\x0a"),
+            varint_block(entry),
+            _const(n, key_part + b"\x12"),
+            varint_block(feature),
+            _const(n, bytes([tag])),
+            varint_block(bytes_list),
+            _const(n, b"\x0a"),
+            varint_block(value),
+        ]
+    )
+    if present.all():
+        return [header, payload]
+    return [Block(header.data, np.where(present, header.lengths, 0)), payload.absent(present)]
+
+
+def _varint_lengths(values: np.ndarray) -> np.ndarray:
+    """How many bytes the varint of each (non-negative) value takes."""
+    values = values.astype(np.uint64, copy=False)
+    lengths = np.ones(len(values), dtype=np.int64)
+    for shift in range(7, 64, 7):
+        lengths += values >= np.uint64(1 << shift)
+    return lengths
 
 
 def _varint(value: int) -> bytes:
@@ -221,10 +271,42 @@ def encode_table(columns: Sequence[tuple[str, str, pa.Array]]) -> Encoded:
     if all(p.fixed for p in parts):
         width = sum(p.data.shape[1] for p in parts)
         example = join([_const(n, bytes([0x0A]) + _varint(width)), *parts])
-    else:
-        example = _delimited(0x0A, join(parts))
-    offsets = np.concatenate([[0], np.cumsum(example.lengths)]).astype(np.int64)
-    if example.fixed:
+        offsets = np.concatenate([[0], np.cumsum(example.lengths)]).astype(np.int64)
         return Encoded(np.ascontiguousarray(example.data).reshape(-1), offsets)
-    mask = np.arange(example.data.shape[1])[None, :] < example.lengths[:, None]
-    return Encoded(example.data[mask], offsets)
+    body = sum((p.lengths for p in parts), np.zeros(n, dtype=np.int64))
+    return _lay_out([_const(n, b"\x0a"), varint_block(body), *parts])
+
+
+def _lay_out(parts: Sequence[Part]) -> Encoded:
+    """Each row's parts back to back, rows back to back: each part is scattered once."""
+    n = len(parts[0].lengths)
+    lengths = sum((p.lengths for p in parts), np.zeros(n, dtype=np.int64))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    out = np.empty(int(offsets[-1]), dtype=np.uint8)
+    cursor = offsets[:-1].copy()
+    for part in parts:
+        if isinstance(part, Ragged):
+            _copy_ragged(out, cursor, part)
+        elif part.data.strides[0] == 0 and part.fixed:  # a constant: the same bytes in every row
+            width = part.data.shape[1]
+            if width:
+                out[(cursor[:, None] + np.arange(width)[None, :]).reshape(-1)] = np.tile(part.data[0], n)
+        else:
+            width = part.data.shape[1]
+            if width:
+                columns = np.arange(width)[None, :]
+                valid = columns < part.lengths[:, None]
+                out[(cursor[:, None] + columns)[valid]] = np.asarray(part.data)[valid]
+        cursor += part.lengths
+    return Encoded(out, offsets)
+
+
+def _copy_ragged(out: np.ndarray, cursor: np.ndarray, part: Ragged) -> None:
+    """`out[cursor[i] : cursor[i] + len_i] = part's row i`, for every row at once."""
+    lengths = part.lengths
+    total = int(lengths.sum())
+    if not total:
+        return
+    # Each byte's position within its row: 0, 1, ... restarting at every row's first byte.
+    within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    out[np.repeat(cursor, lengths) + within] = part.data[np.repeat(part.starts, lengths) + within]
