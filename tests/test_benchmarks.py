@@ -7,6 +7,7 @@ themselves are measured at full size and recorded in BENCHMARKS.md.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -42,7 +43,7 @@ def test_every_data_section_runs_and_reports_its_figures(tmp_path):
 
 @pytest.mark.slow
 def test_the_end_to_end_section_runs(tmp_path):
-    # The embedded baseline and the S3 mode; the scale-out mode's cluster is test_scaleout's.
-    results, stdout = _run(tmp_path, ["e2e"], "--e2e-modes", "embedded,s3")
-    assert [r["figure"] for r in results] == ["artifact root on S3: penguins run, trigger to success"]
-    assert all(r["value"] > 0 and r["baseline_value"] > 0 for r in results)
+    # Its embedded mode (the baseline of the others): the section's code runs end to end. The
+    # scale-out and S3 modes start the clusters test_scaleout and test_object_store already run.
+    results, stdout = _run(tmp_path, ["e2e"], "--e2e-modes", "embedded")
+    assert results == [] and re.search(r"e2e +embedded +penguins trigger -> success: [\d.]+ s", stdout), stdout
