@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
@@ -89,6 +90,34 @@ def synthetic(rows: int, features: int = 20, seed: int = 0) -> pa.Table:
     columns = {f"x{i:02d}": x[:, i] for i in range(features)}
     columns["label"] = label
     return pa.table(columns)
+
+
+def mixed(rows: int, seed: int = 0) -> pa.Table:
+    """A table that looks like users' data: 8 floats (2 with nulls), 6 ints with wide ranges,
+    4 strings with 10, 1,000, 100,000 and 1,000 distinct values (the last with nulls), an int64
+    key and a binary label."""
+    rng = np.random.default_rng(seed)
+    columns: dict[str, pa.Array] = {"key": pa.array(rng.permutation(rows).astype(np.int64) * 7919 + 10**12)}
+    for i in range(8):
+        values = rng.normal(0, 10 ** (i % 4), rows)
+        columns[f"f{i}"] = pa.array(values, mask=(rng.random(rows) < 0.1) if i < 2 else None)
+    for i in range(6):
+        columns[f"i{i}"] = pa.array(rng.integers(-(10 ** (i + 1)), 10 ** (i + 3), rows))
+    for i, card in enumerate((10, 1_000, 100_000, 1_000)):
+        vocabulary = pa.array([f"{'abcdefghij'[i]}-{j:06d}-{'x' * (j % 17)}" for j in range(card)])
+        values = vocabulary.take(pa.array(rng.integers(0, card, rows)))
+        columns[f"s{i}"] = (
+            pc.if_else(pa.array(rng.random(rows) < 0.15), pa.nulls(rows, pa.string()), values) if i == 3 else values
+        )
+    columns["label"] = pa.array((rng.random(rows) < 0.3).astype(np.int64))
+    return pa.table(columns)
+
+
+def mixed_columns(table: pa.Table) -> list[tuple[str, str, pa.Array]]:
+    """The mixed table as preprocess encodes it: features by type, the label, the key as bytes."""
+    kinds = {"f": "float", "i": "int", "s": "bytes"}
+    columns = [(n, kinds[n[0]], table.column(n)) for n in table.column_names if n[0] in kinds]
+    return [*columns, ("label", "int", table.column("label")), ("key", "bytes", table.column("key").cast(pa.string()))]
 
 
 def synthetic_spec(directory: Path, source: str, features: int, **train) -> Path:
@@ -184,7 +213,12 @@ def bench_encode(rows: int, repeat: int) -> None:
         ("s", "bytes", pa.array(np.random.default_rng(0).choice(["red", "green", "blue-ish"], rows)))
     ]
     naive_rows = min(rows, 50_000)
-    for name, case in (("20 floats + int label", columns), ("5 floats + 1 string", strings)):
+    cases = (
+        ("20 floats + int label", columns),
+        ("5 floats + 1 string", strings),
+        ("mixed: 8 floats, 6 wide ints, 4 strings, nulls, key", mixed_columns(mixed(rows))),
+    )
+    for name, case in cases:
         naive_columns = [tfrecord.EncodedColumn(n, k, a.to_pylist()[:naive_rows]) for n, k, a in case]
         naive = median_time(
             lambda c=naive_columns: sum(1 for _ in tfrecord.encode_examples(c, range(naive_rows))), repeat
