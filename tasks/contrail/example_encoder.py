@@ -280,6 +280,8 @@ def encode_table(columns: Sequence[tuple[str, str, pa.Array]]) -> Encoded:
 def _lay_out(parts: Sequence[Part]) -> Encoded:
     """Each row's parts back to back, rows back to back: each part is scattered once."""
     n = len(parts[0].lengths)
+    if n == 0:
+        return Encoded(np.zeros(0, dtype=np.uint8), np.zeros(1, dtype=np.int64))
     lengths = sum((p.lengths for p in parts), np.zeros(n, dtype=np.int64))
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     out = np.empty(int(offsets[-1]), dtype=np.uint8)

@@ -142,3 +142,17 @@ def test_varints(value):
     encoded = bytes(block.data[0, : block.lengths[0]])
     feature = tf.train.Feature(int64_list=tf.train.Int64List(value=[value])).SerializeToString()
     assert feature.endswith(encoded)
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        pytest.param([("f", "float", pa.array([], pa.float64()))], id="fixed-width"),
+        pytest.param(
+            [("i", "int", pa.array([], pa.int64())), ("s", "bytes", pa.array([], pa.string()))], id="variable"
+        ),
+    ],
+)
+def test_an_empty_table_encodes_to_no_records(columns):
+    encoded = example_encoder.encode_table(columns)
+    assert len(encoded) == 0 and encoded.offsets.tolist() == [0] and encoded.data.size == 0
