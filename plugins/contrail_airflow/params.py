@@ -64,9 +64,24 @@ def trigger_params(loaded: LoadedSpec) -> dict[str, Param]:
         None,
         type=["null", "string"],
         maxLength=DATA_SOURCE_MAX_LENGTH,
-        description="Replace data.source for this run: a glob under the data folder; Airflow macros work",
+        pattern=data_source_pattern(config.data_dir()),
+        description=(
+            f"Replace data.source for this run: a glob under the data folder ({config.data_dir()}), relative to it "
+            "or absolute, with no '..' and no URI scheme; Airflow macros work"
+        ),
     )
     return params
+
+
+def data_source_pattern(root: Path) -> str:
+    """The JSON-schema pattern of `data_source`, so that the trigger form and the REST API refuse a
+    path out of the data folder before a run exists: empty, or a path relative to `root` or under
+    it, with no `..` segment and no URI scheme. `resolve_source` checks again after the macros
+    render. Written for both Python's `re` (the API) and JavaScript's (the form)."""
+    under = "".join("\\" + c if c in "\\^$.*+?()[]{}|/" else c for c in str(root).rstrip("/")) + "\\/"
+    no_dotdot = r"(?!.*(?:^|/)\.\.(?:/|$))"
+    relative = r"(?!/)(?![A-Za-z][A-Za-z0-9+.-]*:/)"
+    return rf"^$|^{no_dotdot}(?:{under}|file:\/\/{under}|{relative}).+$"
 
 
 def _json_schema(value: Any, bounds: dict[str, float]) -> dict:

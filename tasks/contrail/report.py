@@ -333,15 +333,21 @@ def _data(stats: dict | None, preprocess: PreprocessResult | None) -> str:
             f"<td>{_num(feature.get('min'))}</td><td>{_num(feature.get('max'))}</td><td>{_num(feature.get('mean'))}</td>"
             f"<td>{'' if vocab is None else vocab}</td><td>{'' if oov is None else f'{oov:.1%}'}</td>"
             f"<td>{'' if unseen is None else f'{unseen:.1%}'}</td>"
+            f"<td>{_top_values(feature.get('top_values'))}</td>"
             "</tr>"
         )
     table = (
         '<table class="features"><thead><tr><th>feature</th><th>type</th><th>count</th><th>missing</th>'
-        "<th>min</th><th>max</th><th>mean</th><th>vocabulary</th><th>eval OOV</th><th>never in train</th></tr></thead><tbody>"
+        "<th>min</th><th>max</th><th>mean</th><th>vocabulary</th><th>eval OOV</th><th>never in train</th><th>top values</th></tr></thead><tbody>"
         + "".join(rows)
         + "</tbody></table>"
     )
     return f'<section id="data"><h2>Data</h2>{head}{table}</section>'
+
+
+def _top_values(top: list | None, shown: int = 3) -> str:
+    """The most frequent train values with their counts; values are data, so always escaped."""
+    return ", ".join(f"{_e(value)} ({count:,})" for value, count in (top or [])[:shown])
 
 
 def _timings(info: dict) -> str:

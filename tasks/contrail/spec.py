@@ -23,6 +23,9 @@ from contrail.errors import SpecError, translate
 
 _NAME_RE = r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$"
 _BUILD_FN_RE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+# A feature's name is a SavedModel signature's input name, and TF keeps only these unchanged: it
+# renames `a.b` or `a-b` to `a_b` and refuses a space, `<` or a non-ASCII letter at export.
+_FEATURE_NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,99}$"
 
 # Metrics each task reports, in training (`loss`) and in evaluation (`val_loss`).
 TASK_METRICS: dict[str, tuple[str, ...]] = {
@@ -69,6 +72,17 @@ class DataSpec(_Strict):
     # > 1: preprocess maps over this many groups of input files (Airflow dynamic task mapping),
     # then a reduce merges their statistics and writes the shards: the same bytes as one task.
     parallelism: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("features")
+    @classmethod
+    def _names_can_be_signature_inputs(cls, features: dict[str, FeatureSpec]) -> dict[str, FeatureSpec]:
+        bad = [name for name in features if not re.match(_FEATURE_NAME_RE, name)]
+        if bad:
+            raise ValueError(
+                "expected feature names of letters, digits and '_' that do not start with a digit "
+                f"(each becomes a SavedModel signature input), found {', '.join(map(repr, bad))}"
+            )
+        return features
 
     @model_validator(mode="after")
     def _columns_are_distinct(self) -> DataSpec:

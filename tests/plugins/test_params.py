@@ -57,3 +57,32 @@ def test_overrides_split_the_params_by_where_they_apply():
     split = overrides({"max_steps": 10, "batch_size": 8, "force_promote": True, "data_source": None, "lr": 0.1})
     assert split.model == {"lr": 0.1} and split.train == {"max_steps": 10, "batch_size": 8}
     assert split.force_promote is True and split.data_source is None
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [
+        ("", True),
+        ("penguins/*.parquet", True),
+        ("daily/{{ ds }}/*.parquet", True),
+        ("{root}/penguins/*.parquet", True),
+        ("file://{root}/penguins/x.parquet", True),
+        ("../etc/passwd", False),
+        ("penguins/../../etc/passwd", False),
+        ("..", False),
+        ("/etc/passwd", False),
+        ("{root}x/sibling.parquet", False),  # a sibling folder whose name starts like the data folder
+        ("file:///etc/passwd", False),
+        ("s3://bucket/data.parquet", False),
+    ],
+)
+def test_the_data_source_param_admits_only_paths_in_the_data_folder(tmp_path, monkeypatch, value, accepted):
+    import jsonschema
+
+    root = tmp_path / "data.d"
+    monkeypatch.setenv("CONTRAIL_DATA_DIR", str(root))
+    schema = _schemas(tmp_path, {})["data_source"]
+    value = value.replace("{root}", str(root))
+    valid = jsonschema.Draft7Validator(schema).is_valid(value)
+    assert valid is accepted, (value, schema["pattern"])
+    assert jsonschema.Draft7Validator(schema).is_valid(None)

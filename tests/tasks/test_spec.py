@@ -61,6 +61,12 @@ class TestSpecInvalid:
                 id="missing-build-fn-module",
             ),
             pytest.param(
+                {"data": {"features": {"bill length": {"type": "float"}, "<script>": {"type": "string"}}}},
+                r"field 'data\.features': expected feature names of letters, digits and '_'.*"
+                r"found 'bill length', '<script>'",
+                id="feature-name-not-a-signature-input",
+            ),
+            pytest.param(
                 {"data": {"split": {"eval_fraction": 1.5}}},
                 r"field 'data\.split\.eval_fraction': expected less than 1.*found 1\.5",
                 id="out-of-range",
