@@ -115,6 +115,20 @@ def test_large_splits_shuffle_whole_batches_and_still_learn(penguins_run, tmp_pa
     assert max(r["metrics"]["val_accuracy"] for r in history) >= 0.9
 
 
+def test_a_cadence_the_multi_step_loop_does_not_divide_trains_as_one_step_per_call(penguins_run, tmp_path, monkeypatch):
+    """Rounds of 40 steps run as calls of 32 + 8 (and the last, cut to 20 by max_steps, as one
+    call of 20): the same evaluations, at the same steps, with the same metrics as one step per call."""
+    overrides = {"eval_every_steps": 40, "max_steps": 100}
+    spec, pre = str(penguins_run["spec"]), penguins_run["preprocess"]
+    multi = train.run(train.TrainArgs(spec, pre, str(tmp_path / "multi"), train_overrides=overrides))
+    monkeypatch.setattr(train, "_steps_per_execution", lambda eval_every: 1)
+    single = train.run(train.TrainArgs(spec, pre, str(tmp_path / "single"), train_overrides=overrides))
+    ours, reference = read_history(multi.history), read_history(single.history)
+    assert [r["step"] for r in ours] == [40, 80, 100] == [r["step"] for r in reference]
+    for a, b in zip(ours, reference, strict=True):
+        assert a["metrics"] == pytest.approx(b["metrics"], rel=1e-6, abs=1e-7)
+
+
 def test_retention_keeps_both_bests_and_the_last_k(tmp_path):
     """With min_delta, early stopping's best and the outright best can differ: keep both."""
     from contrail.spec import EarlyStoppingSpec, TrainSpec
