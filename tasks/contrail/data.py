@@ -7,18 +7,30 @@ a `DataError` subclass that names the file, the column, what was expected and wh
 from __future__ import annotations
 
 import glob
+import hashlib
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from contrail.errors import CorruptRecordError, EmptyInputError, SchemaMismatchError, translate, translating
+from contrail import storage
+from contrail.errors import (
+    CorruptRecordError,
+    EmptyInputError,
+    SchemaMismatchError,
+    StorageError,
+    translate,
+    translating,
+)
 from contrail.spec import FeatureSpec, LabelSpec
 
 _ARROW_TYPE = {"float": pa.float64(), "int": pa.int64(), "string": pa.string()}
@@ -34,13 +46,105 @@ class Column:
     nullable: bool
 
 
-def resolve_files(pattern: str, *, field: str) -> list[Path]:
-    """Expand a local glob into a sorted list of files, or raise `EmptyInputError`."""
-    pattern = pattern.removeprefix("file://")
-    matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+@dataclass(frozen=True, order=True)
+class InputFile:
+    """One file to read: a local path, or an object in a store (`s3://bucket/key`, `gs://...`),
+    read with pyarrow through fsspec (`CONTRAIL_STORAGE_OPTIONS` and the store's usual
+    credentials, as for a remote artifact root). Its text is its location, and errors name it."""
+
+    location: str
+    size: int
+    # A remote object's content tag (S3's ETag, GCS's generation); None for a local file.
+    tag: str | None = None
+
+    def __str__(self) -> str:
+        return self.location
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.location.split("://", 1)[-1]).name
+
+    @property
+    def remote(self) -> bool:
+        return storage.is_remote(self.location)
+
+    @property
+    def path(self) -> Path:
+        """The local path (a local file only)."""
+        return Path(self.location)
+
+    def filesystem(self) -> tuple[pafs.FileSystem | None, str]:
+        """What pyarrow reads this file with: (None, the path) for a local file, or the store's
+        file system and the object's path on it."""
+        if not self.remote:
+            return None, self.location
+        fs, path = storage.filesystem(self.location, what=self.location)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+    def open(self) -> BinaryIO:
+        fs, path = self.filesystem()
+        # Compression is detected from the name (`.csv.gz`), as pyarrow does for a path.
+        return pa.input_stream(path) if fs is None else fs.open_input_stream(path)
+
+
+def input_file(location: str) -> InputFile:
+    """The file at `location` (a path or a URI), as `resolve_files` would list it."""
+    if not storage.is_remote(location):
+        path = location.removeprefix("file://")
+        return InputFile(path, os.stat(path).st_size)
+    fs, path = storage.filesystem(location, what=location)
+    with translating(StorageError, location, expected="an object that can be listed", path=location):
+        return _remote(fs, path, fs.info(path))
+
+
+def _remote(fs, path: str, info: dict) -> InputFile:
+    tag = next((str(info[k]) for k in ("ETag", "etag", "generation", "md5Hash", "crc32c") if info.get(k)), None)
+    return InputFile(fs.unstrip_protocol(path), int(info.get("size") or 0), tag)
+
+
+def resolve_files(pattern: str, *, field: str) -> list[InputFile]:
+    """Expand a glob, local or on an object store (`s3://bucket/data/*.parquet`), into a sorted
+    list of files, or raise `EmptyInputError`."""
+    if storage.is_remote(pattern):
+        fs, path = storage.filesystem(pattern, what=field)
+        with translating(StorageError, f"{field}: {pattern}", expected="a listable location", path=pattern):
+            found = fs.glob(path, detail=True)
+        matches = sorted(_remote(fs, p, info) for p, info in found.items() if info.get("type") == "file")
+        bucket = path.split("/", 1)[0]
+        if not matches and not fs.exists(bucket):
+            raise StorageError(
+                f"{field}: expected the bucket {bucket!r} of {pattern!r}, found no such bucket", path=pattern
+            )
+    else:
+        pattern = pattern.removeprefix("file://")
+        matches = sorted(
+            InputFile(p, os.stat(p).st_size) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()
+        )
     if not matches:
         raise EmptyInputError(f"{field}: expected at least one file, found none matching {pattern!r}")
     return matches
+
+
+def fingerprints(files: list[InputFile], cache_dir: Path | None = None) -> dict[str, dict]:
+    """`{location: {"sha256" or "tag", "bytes"}}`: what says a file's content changed. Local
+    files are hashed (once per change of their stat, with `cache_dir`); an object in a store
+    is known by the tag the store keeps for its content, or hashed when the store keeps none."""
+    from contrail import cache
+
+    local = cache.content_fingerprints([f.path for f in files if not f.remote], cache_dir)
+    out = {}
+    for f in files:
+        if not f.remote:
+            out[f.location] = local[f.location]
+        elif f.tag is not None:
+            out[f.location] = {"tag": f.tag, "bytes": f.size}
+        else:
+            digest = hashlib.sha256()
+            with f.open() as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+            out[f.location] = {"sha256": digest.hexdigest(), "bytes": f.size}
+    return out
 
 
 def required_columns(features: Mapping[str, FeatureSpec], label: LabelSpec | None, key: str | None) -> list[Column]:
@@ -52,7 +156,7 @@ def required_columns(features: Mapping[str, FeatureSpec], label: LabelSpec | Non
     return columns
 
 
-def read_table(path: Path, fmt: str, columns: list[Column]) -> pa.Table:
+def read_table(path: InputFile, fmt: str, columns: list[Column]) -> pa.Table:
     """Read only `columns` from one file, checked and cast to the spec's types."""
     names = [c.name for c in columns]
     if fmt == "parquet":
@@ -62,9 +166,10 @@ def read_table(path: Path, fmt: str, columns: list[Column]) -> pa.Table:
     return pa.table({c.name: _checked(table.column(c.name), c, path) for c in columns})
 
 
-def _read_parquet(path: Path, names: list[str]) -> pa.Table:
+def _read_parquet(path: InputFile, names: list[str]) -> pa.Table:
+    fs, where = path.filesystem()
     with translating(CorruptRecordError, str(path), expected="a readable Parquet file", path=str(path)):
-        schema = pq.read_schema(path)
+        schema = pq.read_schema(where, filesystem=fs)
     missing = [n for n in names if n not in schema.names]
     if missing:
         raise SchemaMismatchError(
@@ -77,13 +182,14 @@ def _read_parquet(path: Path, names: list[str]) -> pa.Table:
         path=str(path),
         catch=(pa.ArrowException, OSError),
     ):
-        return pq.read_table(path, columns=names, page_checksum_verification=True)
+        return pq.read_table(where, columns=names, page_checksum_verification=True, filesystem=fs)
 
 
-def _read_csv(path: Path, columns: list[Column]) -> pa.Table:
+def _read_csv(path: InputFile, columns: list[Column]) -> pa.Table:
     types = {c.name: _ARROW_TYPE[c.type] for c in columns if c.type in _ARROW_TYPE}
     try:
-        header = pacsv.open_csv(path).schema.names
+        with path.open() as handle:
+            header = pacsv.open_csv(handle).schema.names
     except pa.ArrowInvalid as exc:
         if "Empty CSV file" in str(exc):
             raise EmptyInputError(
@@ -98,12 +204,13 @@ def _read_csv(path: Path, columns: list[Column]) -> pa.Table:
             f"found only {', '.join(map(repr, header))}"
         )
     try:
-        return pacsv.read_csv(
-            path,
-            convert_options=pacsv.ConvertOptions(
-                include_columns=[c.name for c in columns], column_types=types, strings_can_be_null=True
-            ),
-        )
+        with path.open() as handle:
+            return pacsv.read_csv(
+                handle,
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=[c.name for c in columns], column_types=types, strings_can_be_null=True
+                ),
+            )
     except pa.ArrowInvalid as exc:
         if "CSV conversion error" in str(exc):
             raise translate(
@@ -137,7 +244,7 @@ _EXPECTED = {"float": "a float", "int": "an int", "string": "a string", "class":
 _KINDS = {"regression": "float", "binary": "class", "multiclass": "class"}
 
 
-def _checked(array: pa.ChunkedArray, column: Column, path: Path) -> pa.ChunkedArray:
+def _checked(array: pa.ChunkedArray, column: Column, path: InputFile) -> pa.ChunkedArray:
     """Cast one column to its spec type and enforce nullability, naming the first bad row."""
     what = f"{column.role.capitalize()} {column.name!r} in {path}"
     kind = column.type.removeprefix("label:")
@@ -155,7 +262,7 @@ def _checked(array: pa.ChunkedArray, column: Column, path: Path) -> pa.ChunkedAr
     return array
 
 
-def _check_present(array: pa.ChunkedArray, what: str, path: Path) -> None:
+def _check_present(array: pa.ChunkedArray, what: str, path: InputFile) -> None:
     """No nulls, and for floats no NaN or infinity: what `nullable: false` promises."""
     if array.null_count:
         row = _first_index(pc.is_null(array))

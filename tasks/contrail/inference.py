@@ -53,7 +53,7 @@ def run(args: InferenceArgs) -> InferenceResult:
     files = [f for _, f in numbered]
     if not files:
         log.info("Part %d of %d: %d file(s) in all, none for this part", args.part, args.parts, len(every))
-    inputs = {str(f): {"sha256": artifacts.sha256_file(f), "bytes": f.stat().st_size} for f in files}
+    inputs = data.fingerprints(files)
     fp = artifacts.fingerprint({"step": STEP, "version": version, "inputs": inputs, "key": spec.data.key})
     step = StepRun(STEP, InferenceResult, out.path, fp, inputs)
     if (done := step.reusable()) is not None:
@@ -88,7 +88,7 @@ def run(args: InferenceArgs) -> InferenceResult:
             outputs[name] = table.num_rows
             rows_in += table.num_rows
             if progress.unit == "bytes":
-                progress.advance(path.stat().st_size)
+                progress.advance(path.size)
             log.info("Scored %s: %d rows (%d/%d files)", path.name, table.num_rows, k + 1, len(files))
         result = InferenceResult(
             step_dir=str(out.path),
@@ -102,15 +102,17 @@ def run(args: InferenceArgs) -> InferenceResult:
     return result
 
 
-def _progress(files: list[Path], fmt: str) -> Progress:
+def _progress(files: list[data.InputFile], fmt: str) -> Progress:
     """Rows when the total is known up front (Parquet footers), else bytes."""
     if fmt == "parquet":
         try:
-            total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            total = sum(
+                pq.read_metadata(where, filesystem=fs).num_rows for fs, where in (f.filesystem() for f in files)
+            )
             return Progress(log, "inference: scoring", total, unit="rows")
         except (OSError, pa.ArrowException):
             pass  # read_table reports a broken file properly
-    return Progress(log, "inference: scoring", sum(f.stat().st_size for f in files), unit="bytes")
+    return Progress(log, "inference: scoring", sum(f.size for f in files), unit="bytes")
 
 
 def collect(step_dir: Path) -> tuple[InferenceResult, float] | None:
@@ -139,7 +141,9 @@ def collect(step_dir: Path) -> tuple[InferenceResult, float] | None:
     return combined, max(m["timings"]["seconds"] for m in manifests)  # the parts run side by side
 
 
-def _score(model: serving.LoadedModel, table: pa.Table, schema: dict, batch_size: int, path: Path) -> pa.Table:
+def _score(
+    model: serving.LoadedModel, table: pa.Table, schema: dict, batch_size: int, path: data.InputFile
+) -> pa.Table:
     inputs = serving.signature_inputs(table, schema, source=str(path))
     try:
         outputs = model.predict_arrays(inputs, batch_size=batch_size)
@@ -159,7 +163,7 @@ def _score(model: serving.LoadedModel, table: pa.Table, schema: dict, batch_size
     return serving.prediction_table(outputs, schema, model.version)
 
 
-def _check_categories(table: pa.Table, features: dict, tolerance: float, path: Path) -> None:
+def _check_categories(table: pa.Table, features: dict, tolerance: float, path: data.InputFile) -> None:
     """Values outside the model's vocabulary beyond what its cut (`max_vocab_size`) left out of
     the train split, by more than `tolerance`: the data being scored drifted from the train data.
 

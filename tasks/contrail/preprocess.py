@@ -87,10 +87,10 @@ class _Part:
     eval: list[pa.Array] = field(default_factory=list)
 
 
-def _inputs_and_fingerprint(args: PreprocessArgs, loaded: LoadedSpec) -> tuple[list[Path], dict, str]:
+def _inputs_and_fingerprint(args: PreprocessArgs, loaded: LoadedSpec) -> tuple[list[data.InputFile], dict, str]:
     spec = loaded.spec.data
     files = data.resolve_files(args.source, field=f"{loaded.path.name}: data.source")
-    inputs = cache.content_fingerprints(files, Path(args.cache_dir) if args.cache_dir else None)
+    inputs = data.fingerprints(files, Path(args.cache_dir) if args.cache_dir else None)
     fp = artifacts.fingerprint({"step": STEP, "format": FORMAT, "data": spec.model_dump(), "inputs": inputs})
     return files, inputs, fp
 
@@ -130,7 +130,7 @@ def run_part(args: PartArgs) -> PartResult:
     step = StepRun(PART_STEP, PartResult, part_dir.path, fp, {"files": args.files})
     if (done := step.reusable()) is not None:
         return done
-    part = _process_files([Path(f) for f in args.files], loaded.spec.data)
+    part = _process_files([data.input_file(f) for f in args.files], loaded.spec.data)
     train, evals = _concat(part.train), _concat(part.eval)
     with step.staged() as staging:
         staged = PartDir(staging)
@@ -233,11 +233,11 @@ def run(args: PreprocessArgs) -> PreprocessResult:
 
 
 # -- per file --------------------------------------------------------------------------------
-def _process_files(files: list[Path], spec: DataSpec) -> _Part:
+def _process_files(files: list[data.InputFile], spec: DataSpec) -> _Part:
     """Read and check each file (several side by side: pyarrow releases the GIL, and decodes a
     file's row groups and columns on its own threads), then split, summarize and encode it."""
     columns = data.required_columns(spec.features, spec.label, spec.key)
-    progress = Progress(log, "preprocess: reading", sum(f.stat().st_size for f in files), unit="bytes")
+    progress = Progress(log, "preprocess: reading", sum(f.size for f in files), unit="bytes")
     part = _Part()
     packed = _packed(spec)
     with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1, 4))) as pool:
@@ -249,11 +249,11 @@ def _process_files(files: list[Path], spec: DataSpec) -> _Part:
             train, evals = table.filter(pa.array(~is_eval)), table.filter(pa.array(is_eval))
             part.train.append(_serialize(example_encoder.encode_table(_encoded_columns(train, spec, packed))))
             part.eval.append(_serialize(example_encoder.encode_table(_encoded_columns(evals, spec, []))))
-            progress.advance(path.stat().st_size)
+            progress.advance(path.size)
     return part
 
 
-def _load_parts(part_dirs: Sequence[str], files: list[Path]) -> _Part:
+def _load_parts(part_dirs: Sequence[str], files: list[data.InputFile]) -> _Part:
     part = _Part()
     covered: list[str] = []
     for folder in part_dirs:

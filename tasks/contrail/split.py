@@ -8,7 +8,7 @@ time, then the splitmix64 finalizer to spread the bits.
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -16,8 +16,11 @@ import pyarrow.compute as pc
 
 from contrail.spec import DataSpec
 
+if TYPE_CHECKING:
+    from contrail.data import InputFile
 
-def split_mask(table: pa.Table, origins: list[tuple[Path, int]], spec: DataSpec) -> np.ndarray:
+
+def split_mask(table: pa.Table, origins: list[tuple[InputFile, int]], spec: DataSpec) -> np.ndarray:
     """True for eval rows. A row's side depends only on its key (or file name and row) and the
     seed: the 64-bit hash of `seed 0x1F key` (or `seed 0x1F file 0x1F row`) below
     `eval_fraction * 2**64`. Hashed for all rows at once: FNV-1a over the bytes, one byte

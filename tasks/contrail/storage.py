@@ -75,8 +75,9 @@ def storage_options() -> dict[str, Any]:
     return value
 
 
-def filesystem(location: str):
-    """The fsspec file system of `location` and the root's path on it."""
+def filesystem(location: str, *, what: str = "CONTRAIL_ARTIFACT_ROOT"):
+    """The fsspec file system of `location` and the root's path on it; `what` names the setting
+    that gave the location, for the error."""
     import fsspec
 
     try:
@@ -85,8 +86,9 @@ def filesystem(location: str):
         fs, root = fsspec.core.url_to_fs(location, **options)
     except (ImportError, ValueError) as exc:
         raise StorageError(
-            f"CONTRAIL_ARTIFACT_ROOT={location!r}: no fsspec file system for this URI ({exc}); "
-            "install its package (s3fs is included; gcsfs for gs://, adlfs for az://)"
+            f"{what}={location!r}: no fsspec file system for this URI ({exc}); "
+            "install its package (s3fs is included; gcsfs for gs://, adlfs for az://)",
+            field=what,
         ) from None
     return fs, root.rstrip("/")
 
