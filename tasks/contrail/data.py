@@ -10,7 +10,7 @@ import glob
 import hashlib
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -33,6 +33,7 @@ from contrail.errors import (
 )
 from contrail.spec import FeatureSpec, LabelSpec
 
+CSV_BLOCK_BYTES = 16 << 20
 _ARROW_TYPE = {"float": pa.float64(), "int": pa.int64(), "string": pa.string()}
 
 
@@ -166,6 +167,89 @@ def read_table(path: InputFile, fmt: str, columns: list[Column]) -> pa.Table:
     return pa.table({c.name: _checked(table.column(c.name), c, path) for c in columns})
 
 
+def iter_tables(path: InputFile, fmt: str, columns: list[Column], batch_rows: int) -> Iterator[tuple[int, pa.Table]]:
+    """Read `columns` of one file a batch of at most `batch_rows` rows at a time, each checked and
+    cast as `read_table` does: `(offset of its first row, table)`. A file without rows gives one
+    empty table. Memory is bounded by the batch (and a Parquet row group), not by the file."""
+    names = [c.name for c in columns]
+    batches = _parquet_batches(path, names, batch_rows) if fmt == "parquet" else _csv_batches(path, columns)
+    offset, empty = 0, None
+    for batch in batches:
+        if batch.num_rows == 0:
+            empty = batch
+            continue
+        yield offset, pa.table({c.name: _checked(batch.column(c.name), c, path, offset) for c in columns})
+        offset += batch.num_rows
+    if offset == 0:
+        table = empty if empty is not None else pa.table({n: pa.array([], pa.null()) for n in names})
+        yield 0, pa.table({c.name: _checked(table.column(c.name), c, path) for c in columns})
+
+
+def _parquet_batches(path: InputFile, names: list[str], batch_rows: int) -> Iterator[pa.Table]:
+    fs, where = path.filesystem()
+    with translating(CorruptRecordError, str(path), expected="a readable Parquet file", path=str(path)):
+        schema = pq.read_schema(where, filesystem=fs)
+    _check_columns(path, names, schema.names)
+    with translating(
+        CorruptRecordError,
+        f"{path}: Parquet data cannot be read back",
+        path=str(path),
+        catch=(pa.ArrowException, OSError),
+    ):
+        with pq.ParquetFile(where, filesystem=fs, page_checksum_verification=True) as parquet:
+            if parquet.metadata.num_rows == 0:
+                yield parquet.schema_arrow.empty_table().select(names)
+            for batch in parquet.iter_batches(batch_size=batch_rows, columns=names):
+                yield pa.Table.from_batches([batch])
+
+
+def _csv_batches(path: InputFile, columns: list[Column]) -> Iterator[pa.Table]:
+    header = _csv_header(path)
+    _check_columns(path, [c.name for c in columns], header)
+    types = {c.name: _ARROW_TYPE[c.type] for c in columns if c.type in _ARROW_TYPE}
+    options = pacsv.ConvertOptions(
+        include_columns=[c.name for c in columns], column_types=types, strings_can_be_null=True
+    )
+    try:
+        with path.open() as handle:
+            # Blocks of 16 MB: the label's and key's types are inferred from the first block.
+            reader = pacsv.open_csv(
+                handle, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES), convert_options=options
+            )
+            yield reader.schema.empty_table()
+            for batch in reader:
+                yield pa.Table.from_batches([batch])
+    except pa.ArrowInvalid as exc:
+        if "CSV conversion error" in str(exc):
+            raise translate(
+                exc, SchemaMismatchError, f"{path}: a value does not have its spec type", path=str(path)
+            ) from exc
+        expected = f"every row to have the header's fields ({len(header)})"
+        raise translate(exc, SchemaMismatchError, str(path), expected=expected, path=str(path)) from exc
+
+
+def _csv_header(path: InputFile) -> list[str]:
+    try:
+        with path.open() as handle:
+            return pacsv.open_csv(handle).schema.names
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            raise EmptyInputError(
+                f"{path}: expected a CSV header and rows, found an empty file", path=str(path)
+            ) from exc
+        expected = "every row to have the header's fields" if "columns, got" in str(exc) else "a well-formed CSV file"
+        raise translate(exc, SchemaMismatchError, str(path), expected=expected, path=str(path)) from exc
+
+
+def _check_columns(path: InputFile, names: list[str], found: list[str]) -> None:
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise SchemaMismatchError(
+            f"{path}: expected column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}, "
+            f"found only {', '.join(map(repr, found))}"
+        )
+
+
 def _read_parquet(path: InputFile, names: list[str]) -> pa.Table:
     fs, where = path.filesystem()
     with translating(CorruptRecordError, str(path), expected="a readable Parquet file", path=str(path)):
@@ -244,8 +328,9 @@ _EXPECTED = {"float": "a float", "int": "an int", "string": "a string", "class":
 _KINDS = {"regression": "float", "binary": "class", "multiclass": "class"}
 
 
-def _checked(array: pa.ChunkedArray, column: Column, path: InputFile) -> pa.ChunkedArray:
-    """Cast one column to its spec type and enforce nullability, naming the first bad row."""
+def _checked(array: pa.ChunkedArray, column: Column, path: InputFile, offset: int = 0) -> pa.ChunkedArray:
+    """Cast one column to its spec type and enforce nullability, naming the first bad row (`offset`:
+    the file's row number of the array's first row)."""
     what = f"{column.role.capitalize()} {column.name!r} in {path}"
     kind = column.type.removeprefix("label:")
     kind = _KINDS.get(kind, kind)
@@ -258,14 +343,14 @@ def _checked(array: pa.ChunkedArray, column: Column, path: InputFile) -> pa.Chun
         raise SchemaMismatchError(f"{what}: expected {_EXPECTED[kind]} column, found {array.type}", path=str(path))
     array = array if array.type == target else array.cast(target)
     if not column.nullable:
-        _check_present(array, what, path)
+        _check_present(array, what, path, offset)
     return array
 
 
-def _check_present(array: pa.ChunkedArray, what: str, path: InputFile) -> None:
+def _check_present(array: pa.ChunkedArray, what: str, path: InputFile, offset: int = 0) -> None:
     """No nulls, and for floats no NaN or infinity: what `nullable: false` promises."""
     if array.null_count:
-        row = _first_index(pc.is_null(array))
+        row = offset + _first_index(pc.is_null(array))
         raise SchemaMismatchError(
             f"{what}: expected no missing values (nullable: false), found {array.null_count} null(s), "
             f"the first at row {row}",
@@ -274,9 +359,10 @@ def _check_present(array: pa.ChunkedArray, what: str, path: InputFile) -> None:
     if pa.types.is_floating(array.type):
         bad = pc.invert(pc.fill_null(pc.is_finite(array), True))
         if pc.any(bad).as_py():
-            row = _first_index(bad)
+            index = _first_index(bad)
+            row = offset + index
             raise SchemaMismatchError(
-                f"{what}: expected finite values (nullable: false), found {array[row].as_py()} at row {row}",
+                f"{what}: expected finite values (nullable: false), found {array[index].as_py()} at row {row}",
                 path=str(path),
             )
 

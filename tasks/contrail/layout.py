@@ -5,7 +5,7 @@
     <root>/<pipeline>/
       runs/<run_key>/                      RunLayout: one folder per Airflow run
         preprocess/                        PreprocessDir: shards, schema.json, stats.json
-        preprocess-parts/part-K-of-N/      PartDir: one fan-out part (records.arrow, partials.json)
+        preprocess-parts/part-K-of-N/      PartDir: one fan-out part (spilled records, partials.json)
         train/                             TrainDir: checkpoints/ckpt-NNNNN/, history.jsonl, running.json,
                                            tensorboard/
         select_best/                       SelectBestDir: best.json
@@ -47,7 +47,6 @@ COMMIT_MARKERS = frozenset({MANIFEST, CHECKPOINT_STATE, MODEL_INFO})
 
 SCHEMA = "schema.json"  # in preprocess/ and in every model version
 STATS = "stats.json"
-PART_RECORDS = "records.arrow"
 PART_PARTIALS = "partials.json"
 HISTORY = "history.jsonl"
 RUNNING = "running.json"
@@ -106,11 +105,8 @@ class PreprocessDir(StepDir):
 
 @dataclass(frozen=True)
 class PartDir(StepDir):
-    """One fan-out part of preprocess: its encoded records and partial statistics."""
-
-    @property
-    def records(self) -> Path:
-        return self.path / PART_RECORDS
+    """One fan-out part of preprocess: its partial statistics, and its encoded records spilled
+    by train bucket (`train-NNNNN.arrow`, `eval.arrow`: `contrail.spill`)."""
 
     @property
     def partials(self) -> Path:

@@ -17,23 +17,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
-import os
 import shutil
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
-from contrail import artifacts, cache, data, example_encoder, framing, layout, split, statistics, tfrecord
-from contrail.errors import ArtifactError, EmptyInputError
+from contrail import artifacts, cache, data, example_encoder, layout, spill, split, statistics, tfrecord
+from contrail.errors import ArtifactError, CorruptRecordError, EmptyInputError, translating
 from contrail.layout import PartDir, PreprocessDir
 from contrail.progress import Progress
 from contrail.results import PartResult, PreprocessResult
@@ -46,7 +42,11 @@ STEP = "preprocess"
 PART_STEP = "preprocess-part"
 # Bumped whenever the same inputs would give other bytes (the split hash, the record layout),
 # so neither this run's manifest nor the cross-run cache hands back output of an older format.
-FORMAT = 3  # 3: string features record the vocabulary cut (schema `cut_fraction`, stats' unseen/cut counts)
+# 3: string features record the vocabulary cut (schema `cut_fraction`, stats' unseen/cut counts)
+# 4: read and spilled a batch at a time; big splits are shuffled bucket by bucket (`spill`)
+FORMAT = 4
+BATCH_ROWS = 65_536  # rows read, checked, encoded and spilled at a time
+SPILL = ".spill"  # the records' spill folder inside the staging folder (one task)
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ class PartArgs:
     files: list[str]  # this part's files, in source order
     part_dir: str
     fingerprint: str = ""  # the whole step's, from `plan`: a part is reused only for the same inputs
+    buckets: int = 1  # the train shuffle's spill buckets, the same for every part (`spill`)
 
     def to_xcom(self) -> dict:
         return dataclasses.asdict(self)
@@ -80,11 +81,11 @@ class PartArgs:
 
 @dataclass
 class _Part:
-    """What one group of files contributes: partials per file, encoded records, row counts."""
+    """What one group of files contributes: partials per file, and its records in a spill folder."""
 
     partials: list[dict] = field(default_factory=list)
-    train: list[pa.Array] = field(default_factory=list)  # serialized train records, per file
-    eval: list[pa.Array] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)  # spill folders, in file order
+    buckets: int = 1
 
 
 def _inputs_and_fingerprint(args: PreprocessArgs, loaded: LoadedSpec) -> tuple[list[data.InputFile], dict, str]:
@@ -111,44 +112,46 @@ def plan(args: PreprocessArgs, parallelism: int) -> list[PartArgs]:
         return []
     groups = [g for g in np.array_split(np.arange(len(files)), min(parallelism, len(files))) if len(g)]
     run_dir = layout.RunLayout(Path(args.step_dir).parent)
+    buckets = _buckets(files, loaded.spec.data)
     return [
         PartArgs(
             spec_path=args.spec_path,
             files=[str(files[i]) for i in group],
             part_dir=str(run_dir.part(k, len(groups)).path),
             fingerprint=fp,
+            buckets=buckets,
         )
         for k, group in enumerate(groups)
     ]
 
 
 def run_part(args: PartArgs) -> PartResult:
-    """Read, check, split, summarize and encode one group of files into `part_dir`."""
+    """Read, check, split, summarize and encode one group of files into `part_dir`: its partial
+    statistics and its records, spilled by bucket (`spill`)."""
     loaded = load_spec(args.spec_path)
     part_dir = PartDir(Path(args.part_dir))
-    fp = artifacts.fingerprint({"step": PART_STEP, "step_fingerprint": args.fingerprint, "files": args.files})
+    fp = artifacts.fingerprint(
+        {"step": PART_STEP, "step_fingerprint": args.fingerprint, "files": args.files, "buckets": args.buckets}
+    )
     step = StepRun(PART_STEP, PartResult, part_dir.path, fp, {"files": args.files})
     if (done := step.reusable()) is not None:
         return done
-    part = _process_files([data.input_file(f) for f in args.files], loaded.spec.data)
-    train, evals = _concat(part.train), _concat(part.eval)
     with step.staged() as staging:
         staged = PartDir(staging)
-        table = pa.table(
-            {
-                "split": pa.array(["train"] * len(train) + ["eval"] * len(evals)).dictionary_encode(),
-                "record": pa.concat_arrays([train, evals]),
-            }
-        )
-        with ipc.new_file(staged.records, table.schema) as writer:
-            writer.write_table(table)
-        artifacts.write_json_atomic(staged.partials, part.partials)
+        files = [data.input_file(f) for f in args.files]
+        partials, written = _process_files(files, loaded.spec.data, staged.path, args.buckets)
+        artifacts.write_json_atomic(staged.partials, partials)
         result = PartResult(
-            step_dir=str(part_dir.path), fingerprint=fp, files=list(args.files), train=len(train), eval=len(evals)
+            step_dir=str(part_dir.path),
+            fingerprint=fp,
+            files=list(args.files),
+            train=written.train,
+            eval=written.eval,
+            buckets=args.buckets,
         )
-        step.commit(staging, result, [staged.records.name, staged.partials.name])
+        step.commit(staging, result, sorted(p.name for p in staging.iterdir()))
     log.info(
-        "Part %s: %d files, %d train and %d eval records", part_dir.path.name, len(args.files), len(train), len(evals)
+        "Part %s: %d files, %d train and %d eval records", part_dir.path.name, len(files), result.train, result.eval
     )
     return result
 
@@ -168,41 +171,45 @@ def run(args: PreprocessArgs) -> PreprocessResult:
     if (source := step.cached()) is not None:
         return _from_cache(step, source)
 
-    part = _load_parts(args.parts, files) if args.parts else _process_files(files, spec)
-    train_records, eval_records = _concat(part.train), _concat(part.eval)
-    rows = sum(p["rows"] for p in part.partials)
-    if rows == 0:
-        raise EmptyInputError(
-            f"{args.source}: expected at least one data row, found 0 rows in {len(files)} file(s)", path=args.source
-        )
-    if len(train_records) == 0 or len(eval_records) == 0:
-        raise EmptyInputError(
-            f"{args.source}: expected rows in both splits (eval_fraction={spec.split.eval_fraction}), "
-            f"found {len(train_records)} train and {len(eval_records)} eval rows out of {rows}",
-            path=args.source,
-            field="data.split.eval_fraction",
-        )
-    schema, stats = statistics.merge_partials(part.partials, spec, loaded.spec.name)
-    statistics.check_oov(stats, spec, args.source)
-    packed = _packed(spec)
-    schema["train_packing"] = {"feature": tfrecord.PACKED_FEATURE, "columns": packed} if packed else None
-    # Train records are written in a seeded random order, so training can shuffle whole batches.
-    order = np.random.default_rng(spec.split.seed).permutation(len(train_records))
-    splits = {"train": train_records.take(pa.array(order)), "eval": eval_records}
-    written_so_far = Progress(log, "preprocess: writing TFRecords", rows, unit="records")
     with step.staged() as staging:
-        jobs = []
-        for split, records in splits.items():
-            n_shards = max(1, math.ceil(len(records) / spec.shard_rows))
-            names = tfrecord.shard_names(split, n_shards, spec.compression)
-            bounds = np.linspace(0, len(records), n_shards + 1).astype(int)
-            for name, lo, hi in zip(names, bounds[:-1], bounds[1:], strict=True):
-                jobs.append((staging / name, _as_encoded(records.slice(lo, hi - lo))))
+        if args.parts:
+            part = _load_parts(args.parts, files)
+        else:
+            part = _Part(folders=[staging / SPILL], buckets=_buckets(files, spec))
+            part.partials, _ = _process_files(files, spec, part.folders[0], part.buckets)
+        rows = sum(p["rows"] for p in part.partials)
+        n_train, n_eval = sum(p["train"] for p in part.partials), sum(p["eval"] for p in part.partials)
+        if rows == 0:
+            raise EmptyInputError(
+                f"{args.source}: expected at least one data row, found 0 rows in {len(files)} file(s)", path=args.source
+            )
+        if n_train == 0 or n_eval == 0:
+            raise EmptyInputError(
+                f"{args.source}: expected rows in both splits (eval_fraction={spec.split.eval_fraction}), "
+                f"found {n_train} train and {n_eval} eval rows out of {rows}",
+                path=args.source,
+                field="data.split.eval_fraction",
+            )
+        schema, stats = statistics.merge_partials(part.partials, spec, loaded.spec.name)
+        statistics.check_oov(stats, spec, args.source)
+        packed = _packed(spec)
+        schema["train_packing"] = {"feature": tfrecord.PACKED_FEATURE, "columns": packed} if packed else None
+        # Train records go out in a seeded random order (bucket by bucket), so training can
+        # shuffle whole batches; eval records in input order.
+        written_so_far = Progress(log, "preprocess: writing TFRecords", rows, unit="records")
         outputs = {}
-        for path, written in framing.write_shards(jobs, compression=spec.compression):
-            outputs[path.name] = written
-            log.info("Wrote %s: %d records", path.name, written)
-            written_so_far.advance(written)
+        train_chunks = spill.train_order(part.folders, part.buckets, spec.split.seed)
+        for split_name, chunks, total in (
+            ("train", train_chunks, n_train),
+            ("eval", spill.eval_order(part.folders), n_eval),
+        ):
+            for name, written in spill.write_shards(
+                staging, split_name, chunks, total, spec.shard_rows, spec.compression
+            ):
+                outputs[name] = written
+                log.info("Wrote %s: %d records", name, written)
+                written_so_far.advance(written)
+        shutil.rmtree(staging / SPILL, ignore_errors=True)
         staged = PreprocessDir(staging)
         artifacts.write_json_atomic(staged.schema, schema)
         artifacts.write_json_atomic(staged.stats, stats)
@@ -213,8 +220,8 @@ def run(args: PreprocessArgs) -> PreprocessResult:
             stats=str(out.stats),
             train_files=[str(out.path / n) for n in outputs if n.startswith("train-")],
             eval_files=[str(out.path / n) for n in outputs if n.startswith("eval-")],
-            train_records=len(train_records),
-            eval_records=len(eval_records),
+            train_records=n_train,
+            eval_records=n_eval,
             input_rows=rows,
             compression=spec.compression,
             parts=len(args.parts) if args.parts else None,
@@ -225,52 +232,82 @@ def run(args: PreprocessArgs) -> PreprocessResult:
     log.info(
         "Preprocessed %d rows into %d train and %d eval records in %.1fs",
         rows,
-        len(train_records),
-        len(eval_records),
+        n_train,
+        n_eval,
         time.time() - step.started,
     )
     return result
 
 
 # -- per file --------------------------------------------------------------------------------
-def _process_files(files: list[data.InputFile], spec: DataSpec) -> _Part:
-    """Read and check each file (several side by side: pyarrow releases the GIL, and decodes a
-    file's row groups and columns on its own threads), then split, summarize and encode it."""
+def _buckets(files: list[data.InputFile], spec: DataSpec) -> int:
+    """The train shuffle's spill buckets, from the rows the files hold (Parquet footers; for CSV,
+    a generous guess from the bytes): enough that one bucket holds about `spill.BUCKET_ROWS`."""
+    rows = 0
+    for f in files:
+        if spec.format == "parquet":
+            fs, where = f.filesystem()
+            with translating(CorruptRecordError, str(f), expected="a readable Parquet file", path=str(f)):
+                rows += pq.read_metadata(where, filesystem=fs).num_rows
+        else:
+            rows += f.size // 32
+    return spill.bucket_count(int(rows * (1 - spec.split.eval_fraction)))
+
+
+def _process_files(
+    files: list[data.InputFile], spec: DataSpec, folder: Path, buckets: int
+) -> tuple[list[dict], spill.SpillWriter]:
+    """Read each file a batch at a time; check, split, summarize and encode each batch, and
+    spill its records to `folder`. Returns the partials (one per file) and the spill's counts.
+    Memory holds a batch and the value counters, never the table."""
     columns = data.required_columns(spec.features, spec.label, spec.key)
-    progress = Progress(log, "preprocess: reading", sum(f.size for f in files), unit="bytes")
-    part = _Part()
+    total = sum(f.size for f in files)
+    progress = Progress(log, "preprocess: reading", total, unit="bytes")
     packed = _packed(spec)
-    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1, 4))) as pool:
-        read = pool.map(lambda path: (path, data.read_table(path, spec.format, columns)), files)
-        for i, (path, table) in enumerate(read):
-            log.info("Read %d rows from %s (%d/%d files)", table.num_rows, path, i + 1, len(files))
-            is_eval = split.split_mask(table, [(path, table.num_rows)], spec)
-            part.partials.append(statistics.file_partials(table, is_eval, spec))
-            train, evals = table.filter(pa.array(~is_eval)), table.filter(pa.array(is_eval))
-            part.train.append(_serialize(example_encoder.encode_table(_encoded_columns(train, spec, packed))))
-            part.eval.append(_serialize(example_encoder.encode_table(_encoded_columns(evals, spec, []))))
+    writer = spill.SpillWriter(folder, buckets, spec.split.seed)
+    partials = []
+    try:
+        for i, path in enumerate(files):
+            batches, rows = [], 0
+            for offset, table in data.iter_tables(path, spec.format, columns, BATCH_ROWS):
+                is_eval = split.split_mask(table, [(path, table.num_rows)], spec, offset=offset)
+                batches.append(statistics.file_partials(table, is_eval, spec))
+                train, evals = table.filter(pa.array(~is_eval)), table.filter(pa.array(is_eval))
+                identities = spill.row_identities(train, path.name, offset, spec.key, spec.split.seed, ~is_eval)
+                writer.add(
+                    _serialize(example_encoder.encode_table(_encoded_columns(train, spec, packed))),
+                    identities,
+                    # Eval records keep one feature per column: the layout serving parses.
+                    _serialize(example_encoder.encode_table(_encoded_columns(evals, spec, []))),
+                )
+                rows += table.num_rows
+            partials.append(statistics.combine_partials(batches))
+            log.info("Read %d rows from %s (%d/%d files)", rows, path, i + 1, len(files))
             progress.advance(path.size)
-    return part
+    finally:
+        writer.close()
+    return partials, writer
 
 
 def _load_parts(part_dirs: Sequence[str], files: list[data.InputFile]) -> _Part:
     part = _Part()
     covered: list[str] = []
+    buckets = set()
     for folder in part_dirs:
         part_dir = PartDir(Path(folder))
         manifest = artifacts.read_manifest(part_dir.path)
         if manifest is None:
             raise ArtifactError(f"{part_dir.path}: expected a committed preprocess part, found none", path=folder)
-        covered += PartResult.from_xcom(manifest["result"], source=str(part_dir.manifest)).files
+        result = PartResult.from_xcom(manifest["result"], source=str(part_dir.manifest))
+        covered += result.files
+        buckets.add(result.buckets)
         part.partials += json.loads(part_dir.partials.read_text())
-        with ipc.open_file(part_dir.records) as reader:
-            table = reader.read_all()
-        split = table.column("split").combine_chunks().dictionary_decode()
-        record = table.column("record").combine_chunks()
-        part.train.append(record.filter(pc.equal(split, "train")))
-        part.eval.append(record.filter(pc.equal(split, "eval")))
+        part.folders.append(part_dir.path)
     if covered != [str(f) for f in files]:
         raise ArtifactError(f"preprocess parts: expected the files {[str(f) for f in files]} in order, found {covered}")
+    if len(buckets) != 1:
+        raise ArtifactError(f"preprocess parts: expected one bucket count for every part, found {sorted(buckets)}")
+    part.buckets = buckets.pop()
     return part
 
 
@@ -279,17 +316,6 @@ def _serialize(encoded: example_encoder.Encoded) -> pa.Array:
     return pa.LargeBinaryArray.from_buffers(
         pa.large_binary(), len(encoded), [None, pa.py_buffer(encoded.offsets), pa.py_buffer(encoded.data)]
     )
-
-
-def _as_encoded(records: pa.Array) -> example_encoder.Encoded:
-    records = records.cast(pa.large_binary())
-    if records.offset or records.null_count:
-        records = pa.concat_arrays([records])  # a compact copy, offsets from zero
-    offsets = np.frombuffer(records.buffers()[1], dtype=np.int64)[: len(records) + 1]
-    data_buffer = records.buffers()[2]
-    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
-    start = int(offsets[0])
-    return example_encoder.Encoded(data[start : int(offsets[-1])], offsets - start)
 
 
 def _concat(arrays: list[pa.Array]) -> pa.Array:

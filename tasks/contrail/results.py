@@ -77,6 +77,7 @@ class PartResult(StepResult):
     files: list[str]
     train: int
     eval: int
+    buckets: int = 1  # the train shuffle's spill buckets (`contrail.spill`)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,17 +20,18 @@ if TYPE_CHECKING:
     from contrail.data import InputFile
 
 
-def split_mask(table: pa.Table, origins: list[tuple[InputFile, int]], spec: DataSpec) -> np.ndarray:
+def split_mask(table: pa.Table, origins: list[tuple[InputFile, int]], spec: DataSpec, *, offset: int = 0) -> np.ndarray:
     """True for eval rows. A row's side depends only on its key (or file name and row) and the
     seed: the 64-bit hash of `seed 0x1F key` (or `seed 0x1F file 0x1F row`) below
-    `eval_fraction * 2**64`. Hashed for all rows at once: FNV-1a over the bytes, one byte
+    `eval_fraction * 2**64`. `offset`: the file's row number of the table's first row (a batch of
+    a file read in batches; one origin then). Hashed for all rows at once: FNV-1a over the bytes, one byte
     position at a time, then the splitmix64 finalizer to spread the bits."""
     seed = spec.split.seed
     if spec.key is not None:
         hashes = [_row_hashes(f"{seed}\x1f".encode(), table.column(spec.key))]
     else:
         hashes = [
-            _row_hashes(f"{seed}\x1f{path.name}\x1f".encode(), pa.array(np.arange(n, dtype=np.int64)))
+            _row_hashes(f"{seed}\x1f{path.name}\x1f".encode(), pa.array(np.arange(offset, offset + n, dtype=np.int64)))
             for path, n in origins
         ]
     joined = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)

@@ -55,6 +55,38 @@ def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
     return out
 
 
+def combine_partials(partials: list[dict]) -> dict:
+    """Fold partials (a file's batches, in order) into one of the same shape, so a file's
+    statistics take the memory of its value counters, not of its batches."""
+    if len(partials) == 1:
+        return partials[0]
+    out: dict = {k: sum(p[k] for p in partials) for k in ("rows", "train", "eval")}
+    out["features"] = {}
+    for name, first in partials[0]["features"].items():
+        parts = [p["features"][name] for p in partials]
+        if "train_counts" in first:
+            out["features"][name] = {
+                "nulls": sum(p["nulls"] for p in parts),
+                "train_counts": dict(_merge_counts([p["train_counts"] for p in parts])),
+                "eval_counts": dict(_merge_counts([p["eval_counts"] for p in parts])),
+            }
+        else:
+            out["features"][name] = {"missing": sum(p["missing"] for p in parts), **_merge_moments(parts)}
+    labels = [p["label"] for p in partials]
+    if "all" in labels[0]:  # regression
+        out["label"] = {
+            "train": _merge_moments([p["train"] for p in labels]),
+            "all": _merge_moments([p["all"] for p in labels]),
+        }
+    else:
+        out["label"] = {
+            "classes": sorted({c for p in labels for c in p["classes"]}),
+            "train_counts": dict(_merge_counts([p["train_counts"] for p in labels])),
+            "eval_counts": dict(_merge_counts([p["eval_counts"] for p in labels])),
+        }
+    return out
+
+
 def _value_counts(array: pa.Array | pa.ChunkedArray, drop_empty: bool = False) -> dict:
     """`{value: count}` of the non-null values (and non-empty strings), in order of first appearance."""
     array = array.drop_null()

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from contrail import artifacts, preprocess
+from contrail import artifacts, preprocess, spill
 from contrail.demo import penguins_table
 from contrail.errors import CorruptRecordError, EmptyInputError, SchemaMismatchError, UnknownCategoryError
 from contrail.results import PreprocessResult
@@ -317,8 +317,17 @@ def test_train_records_pack_non_nullable_floats_and_eval_records_keep_the_servin
         assert "contrail:dense_float" not in record and set(floats) <= set(record)
 
 
-@pytest.mark.parametrize("key", ["row_id", None])
-def test_fan_out_over_file_groups_gives_the_single_task_result_byte_for_byte(write_spec, tmp_path, key):
+@pytest.mark.parametrize(
+    ("key", "streamed"),
+    [("row_id", False), (None, False), ("row_id", True), (None, True)],
+    ids=["key", "file-and-row", "key-small-batches-and-buckets", "file-and-row-small-batches-and-buckets"],
+)
+def test_fan_out_over_file_groups_gives_the_single_task_result_byte_for_byte(
+    write_spec, tmp_path, monkeypatch, key, streamed
+):
+    if streamed:  # several batches per file, several shuffle buckets
+        monkeypatch.setattr(preprocess, "BATCH_ROWS", 16)
+        monkeypatch.setattr(spill, "BUCKET_ROWS", 40)
     table = penguins_table()
     directory = tmp_path / "files"
     directory.mkdir()
@@ -342,3 +351,49 @@ def test_fan_out_over_file_groups_gives_the_single_task_result_byte_for_byte(wri
         assert (single_dir / name).read_bytes() == (fan_dir / name).read_bytes(), name
     assert preprocess.plan(args, 3) == []  # done: a retry of the DAG run has nothing to fan out
     assert not any(Path(p).exists() for p in parts)  # the reduce removed the intermediate parts
+
+
+def test_reading_in_batches_and_shuffling_by_bucket_keeps_every_record_and_the_statistics(
+    write_spec, penguins_dir, tmp_path, monkeypatch
+):
+    """Batches of 16 rows and buckets of about 40 train records: the same records (train in
+    another order, eval in the same), the same counts and vocabularies, the same moments up to
+    rounding, and a train order that is still a shuffle of the input."""
+    spec = write_spec({"data": {"shard_rows": 1000}})
+    source = str(penguins_dir / "penguins" / "*.parquet")
+    whole = _run(spec, source, tmp_path / "whole")
+    monkeypatch.setattr(preprocess, "BATCH_ROWS", 16)
+    monkeypatch.setattr(spill, "BUCKET_ROWS", 40)
+    streamed = _run(spec, source, tmp_path / "streamed")
+    ids = lambda path: [r["row_id"].bytes_list.value[0] for r in _records(path)]  # noqa: E731
+    assert sorted(ids(streamed.train_files[0])) == sorted(ids(whole.train_files[0]))
+    assert ids(streamed.train_files[0]) != ids(whole.train_files[0])
+    assert ids(streamed.eval_files[0]) == ids(whole.eval_files[0])
+    order = [int(i.split(b"-")[-1]) for i in ids(streamed.train_files[0])]
+    assert order != sorted(order) and sum(a < b for a, b in zip(order, order[1:])) < 0.7 * len(order)
+    schema_w, schema_s = (json.loads(Path(r.schema).read_text()) for r in (whole, streamed))
+    for fw, fs in zip(schema_w["features"], schema_s["features"], strict=True):
+        assert fw.get("vocabulary") == fs.get("vocabulary")
+        assert fw.get("mean", 0) == pytest.approx(fs.get("mean", 0), rel=1e-12)
+        assert fw.get("std", 1) == pytest.approx(fs.get("std", 1), rel=1e-12)
+    stats_w, stats_s = (json.loads(Path(r.stats).read_text()) for r in (whole, streamed))
+    assert stats_w["label"] == stats_s["label"] and stats_w["rows"] == stats_s["rows"]
+
+
+def test_a_bad_value_past_the_first_batch_is_named_by_its_row_in_the_file(write_spec, tmp_path, monkeypatch):
+    monkeypatch.setattr(preprocess, "BATCH_ROWS", 16)
+    table = penguins_table()
+    years = table.column("year").to_pylist()
+    years[100] = None  # `year` is not nullable; row 100 is in the seventh batch
+    directory = tmp_path / "data"
+    directory.mkdir()
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("year"), "year", pa.array(years, pa.int64())),
+        directory / "p.parquet",
+    )
+    spec = write_spec({"data": {"source": str(directory / "*.parquet")}})
+    with pytest.raises(
+        SchemaMismatchError, match=r"Feature 'year' in .*p\.parquet: expected no missing values.*the first at row 100"
+    ):
+        _run(spec, str(directory / "*.parquet"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
