@@ -281,7 +281,7 @@ def _process_files(
                     _serialize(example_encoder.encode_table(_encoded_columns(evals, spec, []))),
                 )
                 rows += table.num_rows
-            partials.append(statistics.combine_partials(batches))
+            partials.append(statistics.combine_partials(batches, spec))
             log.info("Read %d rows from %s (%d/%d files)", rows, path, i + 1, len(files))
             progress.advance(path.size)
     finally:

@@ -29,10 +29,15 @@ def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
         column = table.column(name)
         train, evals = column.filter(train_mask), column.filter(eval_mask)
         if fspec.type == "string":
+            train_counts, eval_counts = _value_counts(train, drop_empty=True), _value_counts(evals, drop_empty=True)
             out["features"][name] = {
                 "nulls": int(column.null_count),
-                "train_counts": _value_counts(train, drop_empty=True),
-                "eval_counts": _value_counts(evals, drop_empty=True),
+                "train_counts": train_counts,
+                "eval_counts": eval_counts,
+                "train_total": sum(train_counts.values()),
+                "eval_total": sum(eval_counts.values()),
+                "train_error": 0,  # Misra-Gries: how much any count may be short (`_sketch`)
+                "eval_error": 0,
             }
         else:
             values = data.float_values(train)
@@ -55,7 +60,7 @@ def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
     return out
 
 
-def combine_partials(partials: list[dict]) -> dict:
+def combine_partials(partials: list[dict], spec: DataSpec) -> dict:
     """Fold partials (a file's batches, in order) into one of the same shape, so a file's
     statistics take the memory of its value counters, not of its batches."""
     if len(partials) == 1:
@@ -65,10 +70,17 @@ def combine_partials(partials: list[dict]) -> dict:
     for name, first in partials[0]["features"].items():
         parts = [p["features"][name] for p in partials]
         if "train_counts" in first:
+            capacity = sketch_capacity(spec.features[name].max_vocab_size)
+            train_counts, train_error = _sketch(parts, "train", capacity)
+            eval_counts, eval_error = _sketch(parts, "eval", capacity)
             out["features"][name] = {
                 "nulls": sum(p["nulls"] for p in parts),
-                "train_counts": dict(_merge_counts([p["train_counts"] for p in parts])),
-                "eval_counts": dict(_merge_counts([p["eval_counts"] for p in parts])),
+                "train_counts": train_counts,
+                "eval_counts": eval_counts,
+                "train_total": sum(p["train_total"] for p in parts),
+                "eval_total": sum(p["eval_total"] for p in parts),
+                "train_error": train_error,
+                "eval_error": eval_error,
             }
         else:
             out["features"][name] = {"missing": sum(p["missing"] for p in parts), **_merge_moments(parts)}
@@ -126,6 +138,36 @@ def _merge_moments(parts: list[dict]) -> dict:
     return total
 
 
+# A string feature's value counters are exact up to this many distinct values, then a
+# Misra-Gries summary of that many counters (mergeable: Agarwal et al., 2012).
+SKETCH_MIN_CAPACITY = 100_000
+
+
+def sketch_capacity(max_vocab_size: int) -> int:
+    return max(SKETCH_MIN_CAPACITY, 4 * max_vocab_size)
+
+
+def _sketch(parts: list[dict], side: str, capacity: int) -> tuple[dict, int]:
+    """Merge the parts' `<side>_counts` in order, keeping at most `capacity` counters; returns
+    the counts and how much any of them may be short of the true count (0: exact).
+
+    Whenever more than `capacity` distinct values are held, the (capacity + 1)-th largest count
+    is subtracted from every count and the values left at zero or below are dropped
+    (Misra-Gries). Each drop lowers a count by at most total / (capacity + 1), so a value with a
+    true share above 1 / (capacity + 1) of the column is never lost, and the kept counts rank
+    the frequent values as the exact counts would, up to that error."""
+    merged: Counter = Counter()
+    error = 0
+    for part in parts:
+        merged.update(part[f"{side}_counts"])
+        error += part.get(f"{side}_error", 0)
+        if len(merged) > capacity:
+            threshold = int(np.partition(np.fromiter(merged.values(), np.int64), -(capacity + 1))[-(capacity + 1)])
+            merged = Counter({v: c - threshold for v, c in merged.items() if c > threshold})
+            error += threshold
+    return dict(merged), error
+
+
 def _merge_counts(counters: list[dict]) -> Counter:
     merged: Counter = Counter()
     for counter in counters:
@@ -144,29 +186,40 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
         entry = {"name": name, "type": fspec.type, "nullable": fspec.nullable}
         stat = {"type": fspec.type, "count": rows, "train_count": train_rows, "eval_count": eval_rows}
         if fspec.type == "string":
-            counts = _merge_counts([p["train_counts"] for p in parts])
+            capacity = sketch_capacity(fspec.max_vocab_size)
+            counts, train_error = _sketch(parts, "train", capacity)
             vocab = [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][: fspec.max_vocab_size]
             known = set(vocab)
-            eval_counts = _merge_counts([p["eval_counts"] for p in parts])
+            eval_counts, eval_error = _sketch(parts, "eval", capacity)
+            train_total, eval_total = sum(p["train_total"] for p in parts), sum(p["eval_total"] for p in parts)
             # Outside the vocabulary for two reasons: cut by max_vocab_size (the user's choice),
             # or never seen in train (drift). Only the second counts against max_oov_fraction.
-            unseen = sum(c for v, c in eval_counts.items() if v not in counts)
+            # Exact below the sketch's capacity; past it, eval values the summary dropped count
+            # as unseen, and values rarer in train than the error may too (stats say how much).
+            in_vocab = sum(c for v, c in eval_counts.items() if v in known)
             cut = sum(c for v, c in eval_counts.items() if v in counts and v not in known)
-            train_cut = sum(c for v, c in counts.items() if v not in known)
+            unseen = eval_total - in_vocab - cut
+            train_cut = train_total - sum(counts[v] for v in vocab)
             entry["vocabulary"] = vocab
-            entry["cut_fraction"] = _share(train_cut, sum(counts.values()))  # inference expects this much
+            entry["cut_fraction"] = _share(train_cut, train_total)  # inference expects this much
             stat.update(
                 missing=sum(p["nulls"] for p in parts),
                 vocabulary_size=len(vocab),
                 top_values=[[v, counts[v]] for v in vocab[:10]],
                 train_cut_fraction=entry["cut_fraction"],
                 eval_oov_count=unseen + cut,
-                eval_oov_fraction=_share(unseen + cut, sum(eval_counts.values())),
+                eval_oov_fraction=_share(unseen + cut, eval_total),
                 eval_unseen_count=unseen,
-                eval_unseen_fraction=_share(unseen, sum(eval_counts.values())),
+                eval_unseen_fraction=_share(unseen, eval_total),
                 eval_cut_count=cut,
-                eval_cut_fraction=_share(cut, sum(eval_counts.values())),
+                eval_cut_fraction=_share(cut, eval_total),
             )
+            if train_error or eval_error:  # more distinct values than the sketch holds
+                stat["sketch"] = {
+                    "capacity": capacity,
+                    "train_max_undercount": train_error,
+                    "eval_max_undercount": eval_error,
+                }
         else:
             moments = _merge_moments(parts)
             mean = moments["mean"] if moments["n"] else 0.0
