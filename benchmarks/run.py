@@ -17,6 +17,10 @@ Sections:
   inference  rows/s through the exported `predict` and `serving_default` signatures vs
              `model.predict` on in-memory numpy, per batch size.
   parse      importing the DAG folder with 20 specs (no TensorFlow).
+  stream     the whole preprocess step, in its own process, on a mixed table (floats with nulls,
+             wide ints, strings of 10 to 100k values, a key) at each of --stream-rows: peak RSS
+             against the smallest size's (flat memory), rows/s against pyarrow's read of the
+             file, and against tfx-bsl's bare conversion with --tfx-bsl-python.
   e2e        the demo pipeline (penguins) end to end through a real Airflow, trigger to success:
              the scale-out mode (PostgreSQL, CeleryExecutor on Redis, two workers) vs the
              embedded mode (SQLite, LocalExecutor), and the embedded mode with the artifact root
@@ -336,6 +340,118 @@ def bench_write(work: Path, rows: int, repeat: int) -> None:
         record("write", "Contrail Parquet -> TFRecord", ours, "tfx-bsl RecordBatchToExamples (C++)", tfx, "rows/s")
 
 
+def write_mixed(path: Path, rows: int, chunk: int = 500_000) -> None:
+    """The mixed table, `rows` of it, written a chunk at a time (so a table larger than memory can
+    be made): Parquet row groups of 128k rows, keys unique across chunks."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    for k, start in enumerate(range(0, rows, chunk)):
+        table = mixed(min(chunk, rows - start), seed=k)
+        table = table.set_column(0, "key", pc.add(table.column("key"), pa.scalar(k * 10**10, pa.int64())))
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=131_072)
+    writer.close()
+
+
+def mixed_spec(directory: Path, source: str) -> Path:
+    features = {f"f{i}": {"type": "float", "nullable": i < 2} for i in range(8)}
+    features |= {f"i{i}": {"type": "int"} for i in range(6)}
+    features |= {f"s{i}": {"type": "string", "nullable": i == 3} for i in range(4)}
+    spec = {
+        "name": "mixed",
+        "data": {
+            "source": source,
+            "key": "key",
+            "label": {"column": "label", "task": "binary"},
+            "features": features,
+            "max_oov_fraction": 1.0,  # s2 has 100k values: a small table sees few of them in train
+        },
+        "model": {"build_fn": "bench_model:build", "params": {"hidden_units": [32, 16]}},
+        "train": {"max_steps": 100, "eval_every_steps": 50},
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dags" / "pipelines" / "penguins_model.py", directory / "bench_model.py")
+    path = directory / "mixed.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+_STEP_IN_A_PROCESS = """
+import json, resource, sys, time
+from contrail import preprocess
+start = time.perf_counter()
+result = preprocess.run(preprocess.PreprocessArgs(sys.argv[1], sys.argv[2], sys.argv[3]))
+print(json.dumps({"seconds": time.perf_counter() - start, "rows": result.input_rows,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_stream(work: Path, sizes: Sequence[int], repeat: int) -> None:
+    """The whole preprocess step, in its own process as a task runs it, on the mixed table at
+    each size: rows/s and peak RSS; RSS against the smallest size's (flat memory: ratio ~1), and
+    throughput against tfx-bsl's bare conversion of the same file when --tfx-bsl-python is given."""
+    first_rss = None
+    for rows in sizes:
+        source = work / f"stream-{rows}" / "data" / "part-0.parquet"
+        write_mixed(source, rows)
+        spec = mixed_spec(work / f"stream-{rows}" / "spec", str(source))
+        runs = []
+        for i in range(repeat):
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    _STEP_IN_A_PROCESS,
+                    str(spec),
+                    str(source),
+                    str(work / f"stream-{rows}" / f"out{i}"),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT / "tasks")},
+            )
+            if out.returncode:
+                raise RuntimeError(f"the preprocess step failed on {source}:\n{out.stderr[-3000:]}")
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            shutil.rmtree(work / f"stream-{rows}" / f"out{i}")
+        rate = statistics.median(rows / r["seconds"] for r in runs)
+        rss = max(r["peak_rss_mb"] for r in runs)
+        first_rss = first_rss or (sizes[0], rss)
+        record(
+            "stream",
+            f"preprocess step peak RSS, {rows:,} mixed rows",
+            rss,
+            f"the same at {first_rss[0]:,} rows",
+            first_rss[1],
+            "MB",
+        )
+        read = rows / median_time(lambda s=source: pq.read_table(s), repeat)
+        record(
+            "stream",
+            f"preprocess step, {rows:,} mixed rows",
+            rate,
+            "pyarrow read of the file (ceiling)",
+            read,
+            "rows/s",
+        )
+        if TFX_BSL_PYTHON:
+            tfx = _tfx_bsl_rate(source, work / f"stream-{rows}" / "tfx", repeat)
+            record("stream", f"preprocess step, {rows:,} mixed rows", rate, "tfx-bsl bare conversion", tfx, "rows/s")
+        shutil.rmtree(source.parent)
+
+
+def _tfx_bsl_rate(source: Path, out: Path, repeat: int) -> float:
+    result = subprocess.run(
+        [TFX_BSL_PYTHON, str(ROOT / "benchmarks" / "tfx_bsl_writer.py"), str(source), str(out), str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    shutil.rmtree(out, ignore_errors=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 def bench_input(work: Path, rows: int, repeat: int) -> None:
     import tensorflow as tf
 
@@ -535,9 +651,12 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="train,encode,write,input,inference,parse")
+    parser.add_argument("--only", default="train,encode,write,input,inference,parse,stream")
     parser.add_argument("--tfx-bsl-python", help="python of the tfx-bsl environment (make bench-tfx-bsl)")
     parser.add_argument("--e2e-modes", default="embedded,scaleout,s3", help="the e2e section's modes (embedded first)")
+    parser.add_argument(
+        "--stream-rows", default="1000000,3000000", help="the stream section's table sizes, comma-separated"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json", help="where the JSON goes")
     args = parser.parse_args()
     global TFX_BSL_PYTHON
@@ -561,6 +680,8 @@ def main() -> int:
             bench_inference(work, args.rows, args.repeat)
         if "parse" in sections:
             bench_parse(work, args.repeat)
+        if "stream" in sections:
+            bench_stream(work, [int(r) for r in args.stream_rows.split(",")], args.repeat)
         if "e2e" in sections:
             bench_e2e(work, args.repeat, args.e2e_modes.split(","))
     out = args.out

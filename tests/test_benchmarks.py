@@ -14,7 +14,7 @@ import sys
 import pytest
 from tests_support import ROOT
 
-DATA_SECTIONS = ("encode", "write", "input", "train", "inference", "parse")
+DATA_SECTIONS = ("encode", "write", "input", "train", "inference", "parse", "stream")
 
 
 def _run(tmp_path, sections, *extra, rows=4000):
@@ -32,7 +32,7 @@ def _run(tmp_path, sections, *extra, rows=4000):
 
 
 def test_every_data_section_runs_and_reports_its_figures(tmp_path):
-    results, stdout = _run(tmp_path, DATA_SECTIONS)
+    results, stdout = _run(tmp_path, DATA_SECTIONS, "--stream-rows", "3000,6000")
     assert {r["section"] for r in results} == set(DATA_SECTIONS)
     for r in results:
         assert r["value"] > 0, r
