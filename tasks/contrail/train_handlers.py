@@ -20,13 +20,15 @@ anything about training itself.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,12 @@ class Handler:
 class Lease(Handler):
     """This attempt's hold on a train folder, in `running.json`.
 
+    Each attempt that takes the lease gets the next epoch, and the newest epoch wins: an older
+    attempt (the orphan of a killed worker) that finds a newer one stops, and a newer attempt
+    that finds its lease overwritten by an older one takes it back. Checking and writing happen
+    under an `fcntl` lock beside the lease, so on one machine (or a POSIX shared root) an older
+    attempt cannot renew its heartbeat over a lease taken in between.
+
     :param read_current: reads the lease as every attempt sees it (for a remote artifact root,
         the store's copy); by default the local file
     """
@@ -73,6 +81,7 @@ class Lease(Handler):
         self.path = train_dir.running
         self.token = uuid.uuid4().hex
         self.started = time.time()
+        self.epoch = 0
         self.read_current = read_current or self._read_local
 
     def _read_local(self) -> dict | None:
@@ -81,32 +90,62 @@ class Lease(Handler):
         except (OSError, ValueError):
             return None
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{self.path.name}.lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def acquire(self) -> None:
-        """Take the lease over (whoever held it) and say who is training here."""
-        self._write()
+        """Take the lease over (whoever held it) with the next epoch, and say who is training here."""
+        with self._locked():
+            current = self.read_current() or {}
+            self.epoch = int(current.get("epoch", 0)) + 1
+            self._write()
 
     def check(self) -> None:
-        """Raise `LeaseLostError` if another attempt has taken the lease since."""
-        current = self.read_current() or {}
-        if current.get("token") != self.token:
-            raise LeaseLostError(
-                f"{self.path}: expected this attempt's lease (pid {os.getpid()} on {socket.gethostname()}), found "
-                f"pid {current.get('pid')} on {current.get('host')} holding it; a newer attempt took the training "
-                "over, so this one stops without publishing",
-                path=str(self.path),
-            )
+        """Raise `LeaseLostError` if a newer attempt has taken the lease since."""
+        with self._locked():
+            self._hold()
 
     def on_evaluation(self, evaluation: Evaluation) -> None:
-        self._write()  # the heartbeat: when this attempt last finished an evaluation
+        with self._locked():
+            self._hold()
+            self._write()  # the heartbeat: when this attempt last finished an evaluation
+
+    def _hold(self) -> None:
+        current = self.read_current() or {}
+        if current.get("token") == self.token:
+            return
+        if int(current.get("epoch", 0)) < self.epoch:  # an older attempt wrote over this one's lease
+            log.warning(
+                "%s: an older attempt (pid %s on %s) wrote over this attempt's lease; taking it back",
+                self.path,
+                current.get("pid"),
+                current.get("host"),
+            )
+            self._write()
+            return
+        raise LeaseLostError(
+            f"{self.path}: expected this attempt's lease (pid {os.getpid()} on {socket.gethostname()}, "
+            f"epoch {self.epoch}), found pid {current.get('pid')} on {current.get('host')} holding it "
+            f"(epoch {current.get('epoch')}); a newer attempt took the training over, so this one stops "
+            "without publishing",
+            path=str(self.path),
+        )
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         artifacts.write_json_atomic(
             self.path,
             {
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "token": self.token,
+                "epoch": self.epoch,
                 "started": self.started,
                 "heartbeat": time.time(),
             },

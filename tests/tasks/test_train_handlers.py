@@ -125,3 +125,24 @@ def test_a_newer_attempt_fences_the_older_one_off(tmp_path, checkpoint):
     assert (
         json.loads(train_dir.running.read_text())["heartbeat"] >= json.loads(train_dir.running.read_text())["started"]
     )
+
+
+def test_an_older_attempts_heartbeat_never_takes_the_lease_from_a_newer_one(tmp_path):
+    """The race test_scaleout once lost: the orphan passed its fence, the retry took the lease,
+    then the orphan's heartbeat wrote its own lease over the retry's and the retry stopped."""
+    train_dir = TrainDir(tmp_path / "train")
+    orphan, retry = Lease(train_dir), Lease(train_dir)
+    orphan.acquire()
+    orphan.check()
+    retry.acquire()
+    assert retry.epoch == orphan.epoch + 1
+    (evaluation,) = _evaluations([0.9])
+    with pytest.raises(LeaseLostError, match=r"epoch 1\), found pid \d+ on .* \(epoch 2\)"):
+        orphan.on_evaluation(evaluation)  # the heartbeat checks first
+    assert json.loads(train_dir.running.read_text())["token"] == retry.token
+    # Were an older attempt's write to land anyway (a remote root has no lock), the newer one takes it back.
+    orphan._write()
+    retry.check()
+    assert json.loads(train_dir.running.read_text())["token"] == retry.token
+    with pytest.raises(LeaseLostError):
+        orphan.check()
