@@ -115,17 +115,67 @@ def frame(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray | None = None)
             block = matrix[start : start + _BLOCK_ROWS] if everything else matrix[rows[start : start + _BLOCK_ROWS]]
             out[start : start + len(block)] = _frame_group(block, width)
         return out.reshape(-1)
+    starts = offsets[:-1][rows]
+    return np.concatenate(
+        [
+            _frame_ragged(data, starts[i : i + _BLOCK_ROWS], lengths[i : i + _BLOCK_ROWS])
+            for i in range(0, n, _BLOCK_ROWS)
+        ]
+    )
+
+
+def _frame_ragged(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Frame records of any lengths: headers, payloads and CRCs scattered into one buffer."""
+    n = len(lengths)
     out_offsets = np.concatenate([[0], np.cumsum(lengths + 16)]).astype(np.int64)
     out = np.empty(int(out_offsets[-1]), dtype=np.uint8)
-    starts = offsets[:-1][rows]
-    for length in np.unique(lengths):
-        length = int(length)
-        group = np.flatnonzero(lengths == length)
-        for start in range(0, len(group), _BLOCK_ROWS):
-            part = group[start : start + _BLOCK_ROWS]
-            columns = np.arange(length)[None, :]
-            framed = _frame_group(data[starts[part, None] + columns], length)
-            out[out_offsets[part, None] + np.arange(length + 16)[None, :]] = framed
+    at = out_offsets[:-1]
+    header = lengths.astype("<u8").view(np.uint8).reshape(n, 8)
+    out[at[:, None] + np.arange(8)] = header
+    out[at[:, None] + np.arange(8, 12)] = _crc_bytes(crc32c_rows(header))
+    total = int(lengths.sum())
+    if total:  # each byte's position within its record: 0, 1, ... restarting at every record
+        within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        out[np.repeat(at + 12, lengths) + within] = data[np.repeat(starts, lengths) + within]
+    out[(at + 12 + lengths)[:, None] + np.arange(4)] = _crc_bytes(crc32c_ragged(data, starts, lengths))
+    return out
+
+
+def _crc_bytes(crc: np.ndarray) -> np.ndarray:
+    return mask(crc).astype("<u4").view(np.uint8).reshape(-1, 4)
+
+
+def _zeros_state(length: int) -> int:
+    """CRC-32C's register after `length` zero bytes from its initial value (no final XOR)."""
+    while len(_ZEROS) <= length:
+        state = _ZEROS[-1]
+        _ZEROS.append(int(TABLE[state & 0xFF]) ^ (state >> 8))
+    return _ZEROS[length]
+
+
+_ZEROS = [0xFFFFFFFF]
+
+
+def crc32c_ragged(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """CRC-32C of records of different lengths, vectorized like `crc32c_rows`.
+
+    Leading zero bytes leave CRC's register at zero, so a record right-aligned in a row of
+    zeros of width W has the linear part (crc ^ crc(zeros)) of the record itself. Records are
+    taken in order of length, a block at a time, so a block's width is close to its records'
+    lengths; then crc(m) = crc_W(padded) ^ Z[W] ^ Z[len(m)], with Z[n] the register after n
+    zero bytes."""
+    n = len(lengths)
+    out = np.empty(n, dtype=np.uint32)
+    order = np.argsort(lengths, kind="stable")
+    for i in range(0, n, _BLOCK_ROWS):
+        rows = order[i : i + _BLOCK_ROWS]
+        width = int(lengths[rows[-1]])
+        pad = width - lengths[rows]
+        position = np.arange(width)[None, :] - pad[:, None]
+        valid = position >= 0
+        matrix = np.where(valid, data[starts[rows, None] + np.where(valid, position, 0)], 0).astype(np.uint8)
+        zeros = np.array([_zeros_state(int(k)) for k in range(int(lengths[rows[0]]), width + 1)], dtype=np.uint32)
+        out[rows] = crc32c_rows(matrix) ^ np.uint32(_zeros_state(width)) ^ zeros[lengths[rows] - lengths[rows[0]]]
     return out
 
 
