@@ -25,13 +25,24 @@ def convert(source: str, out: Path) -> int:
     with tf.io.TFRecordWriter(str(out)) as writer:
         for batch in table.to_batches(max_chunksize=65_536):
             # TFX's encoder takes list columns (one list per feature per row): wrap the scalars.
-            offsets = pa.array(np.arange(batch.num_rows + 1, dtype=np.int32))
-            lists = [pa.ListArray.from_arrays(offsets, column) for column in batch.columns]
+            lists = [_as_list(column) for column in batch.columns]
             batch = pa.RecordBatch.from_arrays(lists, names=batch.schema.names)
             for record in example_coder.RecordBatchToExamples(batch):
                 writer.write(record)
             rows += batch.num_rows
     return rows
+
+
+def _as_list(column: pa.Array) -> pa.Array:
+    """A scalar column as TFX's list column: float64 as float32 and strings as bytes (its encoder
+    takes neither doubles nor strings), a missing value as a missing list (an empty feature)."""
+    if pa.types.is_floating(column.type):
+        column = column.cast(pa.float32())
+    elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        column = column.cast(pa.large_binary())
+    valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(valid)]).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, column.drop_null(), mask=pa.array(~valid) if not valid.all() else None)
 
 
 def main() -> None:

@@ -43,6 +43,10 @@ class Block:
     def fixed(self) -> bool:
         return bool(self.lengths.size == 0 or (self.lengths == self.data.shape[1]).all())
 
+    def absent(self, present: np.ndarray) -> Block:
+        """The same bytes, with nothing in the rows where `present` is false."""
+        return Block(self.data, np.where(present, self.lengths, 0))
+
 
 @dataclass(frozen=True)
 class Ragged:
@@ -55,6 +59,7 @@ class Ragged:
     fixed = False
 
     def absent(self, present: np.ndarray) -> Ragged:
+        """The same bytes, with nothing in the rows where `present` is false."""
         return Ragged(self.data, self.starts, np.where(present, self.lengths, 0))
 
 
@@ -98,53 +103,48 @@ def _const(n: int, prefix: bytes) -> Block:
     return Block(np.broadcast_to(row, (n, len(row))), np.full(n, len(row), dtype=np.int64))
 
 
-def join(blocks: Sequence[Block]) -> Block:
-    """Row-wise concatenation of blocks."""
+def join(blocks: Sequence[Part]) -> Part:
+    """Row-wise concatenation of parts: a `Block` when each has one width for every row, else
+    `Ragged` (never a rows x longest-row matrix)."""
     n = len(blocks[0].lengths)
     if all(b.fixed for b in blocks):
-        # Constant blocks (broadcast rows) go into one template row copied to every record;
-        # the rest are written through a structured view, one item copy per row.
-        width = sum(b.data.shape[1] for b in blocks)
-        template = np.zeros(width, dtype=np.uint8)
-        fields, at = [], 0
-        for b in blocks:
-            w = b.data.shape[1]
-            if b.data.strides[0] == 0:
-                template[at : at + w] = b.data[0] if n else 0
-            elif w:
-                fields.append((at, b))
-            at += w
-        data = np.empty((n, width), dtype=np.uint8)
-        data[:] = template
-        if fields:
-            layout = np.dtype(
-                {
-                    "names": [f"f{i}" for i in range(len(fields))],
-                    "formats": [f"V{b.data.shape[1]}" for _, b in fields],
-                    "offsets": [o for o, _ in fields],
-                    "itemsize": width,
-                }
-            )
-            view = data.reshape(-1).view(layout)
-            for i, (_, b) in enumerate(fields):
-                view[f"f{i}"] = np.ascontiguousarray(b.data).view(f"V{b.data.shape[1]}").reshape(n)
-        return Block(data, np.full(n, width, dtype=np.int64))
-    lengths = sum((b.lengths for b in blocks), np.zeros(n, dtype=np.int64))
-    out = np.zeros((n, int(lengths.max()) if n else 0), dtype=np.uint8)
-    cursor = np.zeros(n, dtype=np.int64)
-    rows = np.arange(n)
-    for block in blocks:
-        width = block.data.shape[1]
-        if width == 0:
-            continue
-        cols = cursor[:, None] + np.arange(width)[None, :]
-        valid = np.arange(width)[None, :] < block.lengths[:, None]
-        out[np.broadcast_to(rows[:, None], cols.shape)[valid], cols[valid]] = np.asarray(block.data)[valid]
-        cursor += block.lengths
-    return Block(out, lengths)
+        return _join_fixed(blocks, n)
+    laid = _lay_out(blocks)
+    return Ragged(laid.data, laid.offsets[:-1], np.diff(laid.offsets))
 
 
-def _delimited(tag: int, body: Block) -> Block:
+def _join_fixed(blocks: Sequence[Block], n: int) -> Block:
+    """Blocks of one width each, row by row, as one matrix."""
+    # Constant blocks (broadcast rows) go into one template row copied to every record;
+    # the rest are written through a structured view, one item copy per row.
+    width = sum(b.data.shape[1] for b in blocks)
+    template = np.zeros(width, dtype=np.uint8)
+    fields, at = [], 0
+    for b in blocks:
+        w = b.data.shape[1]
+        if b.data.strides[0] == 0:
+            template[at : at + w] = b.data[0] if n else 0
+        elif w:
+            fields.append((at, b))
+        at += w
+    data = np.empty((n, width), dtype=np.uint8)
+    data[:] = template
+    if fields:
+        layout = np.dtype(
+            {
+                "names": [f"f{i}" for i in range(len(fields))],
+                "formats": [f"V{b.data.shape[1]}" for _, b in fields],
+                "offsets": [o for o, _ in fields],
+                "itemsize": width,
+            }
+        )
+        view = data.reshape(-1).view(layout)
+        for i, (_, b) in enumerate(fields):
+            view[f"f{i}"] = np.ascontiguousarray(b.data).view(f"V{b.data.shape[1]}").reshape(n)
+    return Block(data, np.full(n, width, dtype=np.int64))
+
+
+def _delimited(tag: int, body: Part) -> Part:
     """`tag varint(len(body)) body` for every row."""
     n = len(body.lengths)
     if body.fixed:  # one length for every row: the header is a constant
@@ -203,14 +203,11 @@ def encode_feature(name: str, kind: str, array: pa.Array) -> list[Part]:
         inner = key_part + bytes([0x12]) + _varint(len(feature) + width) + feature
         header = bytes([0x0A]) + _varint(len(inner) + width) + inner
         return [_const(n, header), payload]
-    if isinstance(payload, Ragged):
+    if kind == "bytes":
         return _ragged_entry(key_part, _FEATURE_TAG[kind], payload, present)
     feature = _delimited(_FEATURE_TAG[kind], _delimited(0x0A, payload))
-    block = _delimited(0x0A, join([_const(n, key_part), _delimited(0x12, feature)]))
-    if present.all():
-        return [block]
-    data = np.where(present[:, None], block.data, 0).astype(np.uint8)
-    return [Block(data, np.where(present, block.lengths, 0))]
+    entry = _delimited(0x0A, join([_const(n, key_part), _delimited(0x12, feature)]))
+    return [entry if present.all() else entry.absent(present)]
 
 
 def _ragged_entry(key_part: bytes, tag: int, payload: Ragged, present: np.ndarray) -> list[Part]:
@@ -235,7 +232,7 @@ def _ragged_entry(key_part: bytes, tag: int, payload: Ragged, present: np.ndarra
     )
     if present.all():
         return [header, payload]
-    return [Block(header.data, np.where(present, header.lengths, 0)), payload.absent(present)]
+    return [header.absent(present), payload.absent(present)]
 
 
 def _varint_lengths(values: np.ndarray) -> np.ndarray:
@@ -278,29 +275,49 @@ def encode_table(columns: Sequence[tuple[str, str, pa.Array]]) -> Encoded:
 
 
 def _lay_out(parts: Sequence[Part]) -> Encoded:
-    """Each row's parts back to back, rows back to back: each part is scattered once."""
+    """Each row's parts back to back, rows back to back: every part becomes an Arrow binary
+    column (zero-copy where it can) and Arrow's `binary_join_element_wise` concatenates them
+    row by row, in C++."""
     n = len(parts[0].lengths)
     if n == 0:
         return Encoded(np.zeros(0, dtype=np.uint8), np.zeros(1, dtype=np.int64))
-    lengths = sum((p.lengths for p in parts), np.zeros(n, dtype=np.int64))
+    columns = [_as_binary(part, n) for part in parts]
+    joined = pc.binary_join_element_wise(*columns, pa.scalar(b"", pa.large_binary()), null_handling="skip")
+    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[: n + 1]
+    raw = joined.buffers()[2]
+    data = np.frombuffer(raw, dtype=np.uint8) if raw is not None else np.zeros(0, np.uint8)
+    return Encoded(data[int(offsets[0]) : int(offsets[-1])], offsets - offsets[0])
+
+
+def _as_binary(part: Part, n: int) -> pa.Array | pa.Scalar:
+    """A part as a large_binary column (a scalar for a constant); a row without bytes may be null."""
+    if isinstance(part, Ragged):
+        offsets = np.append(part.starts, part.starts[-1] + part.lengths[-1]).astype(np.int64)
+        spans = np.diff(offsets)
+        if ((spans == part.lengths) | (part.lengths == 0)).all():  # the values' own buffer: no copy
+            valid = spans == part.lengths
+            return pa.LargeBinaryArray.from_buffers(
+                pa.large_binary(),
+                n,
+                [None if valid.all() else pa.array(valid).buffers()[1], pa.py_buffer(offsets), pa.py_buffer(part.data)],
+            )
+        out = np.empty(int(part.lengths.sum()), dtype=np.uint8)
+        _copy_ragged(out, np.cumsum(part.lengths) - part.lengths, part)
+        return _binary(out, part.lengths)
+    width = part.data.shape[1]
+    if part.fixed:
+        if part.data.strides[0] == 0:  # a constant: the same bytes in every row
+            return pa.scalar(bytes(np.asarray(part.data[0])) if n else b"", pa.large_binary())
+        return _binary(np.ascontiguousarray(part.data).reshape(-1), np.full(n, width, dtype=np.int64))
+    mask = np.arange(width)[None, :] < part.lengths[:, None]
+    return _binary(np.asarray(part.data)[mask], part.lengths)
+
+
+def _binary(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    out = np.empty(int(offsets[-1]), dtype=np.uint8)
-    cursor = offsets[:-1].copy()
-    for part in parts:
-        if isinstance(part, Ragged):
-            _copy_ragged(out, cursor, part)
-        elif part.data.strides[0] == 0 and part.fixed:  # a constant: the same bytes in every row
-            width = part.data.shape[1]
-            if width:
-                out[(cursor[:, None] + np.arange(width)[None, :]).reshape(-1)] = np.tile(part.data[0], n)
-        else:
-            width = part.data.shape[1]
-            if width:
-                columns = np.arange(width)[None, :]
-                valid = columns < part.lengths[:, None]
-                out[(cursor[:, None] + columns)[valid]] = np.asarray(part.data)[valid]
-        cursor += part.lengths
-    return Encoded(out, offsets)
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
+    )
 
 
 def _copy_ragged(out: np.ndarray, cursor: np.ndarray, part: Ragged) -> None:
