@@ -353,7 +353,7 @@ def write_mixed(path: Path, rows: int, chunk: int = 500_000) -> None:
     writer.close()
 
 
-def mixed_spec(directory: Path, source: str) -> Path:
+def mixed_spec(directory: Path, source: str, compression: str = "gzip") -> Path:
     features = {f"f{i}": {"type": "float", "nullable": i < 2} for i in range(8)}
     features |= {f"i{i}": {"type": "int"} for i in range(6)}
     features |= {f"s{i}": {"type": "string", "nullable": i == 3} for i in range(4)}
@@ -365,6 +365,7 @@ def mixed_spec(directory: Path, source: str) -> Path:
             "label": {"column": "label", "task": "binary"},
             "features": features,
             "max_oov_fraction": 1.0,  # s2 has 100k values: a small table sees few of them in train
+            "compression": compression,
         },
         "model": {"build_fn": "bench_model:build", "params": {"hidden_units": [32, 16]}},
         "train": {"max_steps": 100, "eval_every_steps": 50},
@@ -386,7 +387,7 @@ print(json.dumps({"seconds": time.perf_counter() - start, "rows": result.input_r
 """
 
 
-def bench_stream(work: Path, sizes: Sequence[int], repeat: int) -> None:
+def bench_stream(work: Path, sizes: Sequence[int], repeat: int, compression: str = "gzip") -> None:
     """The whole preprocess step, in its own process as a task runs it, on the mixed table at
     each size: rows/s and peak RSS; RSS against the smallest size's (flat memory: ratio ~1), and
     throughput against tfx-bsl's bare conversion of the same file when --tfx-bsl-python is given."""
@@ -394,7 +395,7 @@ def bench_stream(work: Path, sizes: Sequence[int], repeat: int) -> None:
     for rows in sizes:
         source = work / f"stream-{rows}" / "data" / "part-0.parquet"
         write_mixed(source, rows)
-        spec = mixed_spec(work / f"stream-{rows}" / "spec", str(source))
+        spec = mixed_spec(work / f"stream-{rows}" / "spec", str(source), compression)
         runs = []
         for i in range(repeat):
             out = subprocess.run(
@@ -417,9 +418,10 @@ def bench_stream(work: Path, sizes: Sequence[int], repeat: int) -> None:
         rate = statistics.median(rows / r["seconds"] for r in runs)
         rss = max(r["peak_rss_mb"] for r in runs)
         first_rss = first_rss or (sizes[0], rss)
+        what = f"{rows:,} mixed rows{', uncompressed' if compression == 'none' else ''}"
         record(
             "stream",
-            f"preprocess step peak RSS, {rows:,} mixed rows",
+            f"preprocess step peak RSS, {what}",
             rss,
             f"the same at {first_rss[0]:,} rows",
             first_rss[1],
@@ -428,7 +430,7 @@ def bench_stream(work: Path, sizes: Sequence[int], repeat: int) -> None:
         read = rows / median_time(lambda s=source: pq.read_table(s), repeat)
         record(
             "stream",
-            f"preprocess step, {rows:,} mixed rows",
+            f"preprocess step, {what}",
             rate,
             "pyarrow read of the file (ceiling)",
             read,
@@ -436,7 +438,7 @@ def bench_stream(work: Path, sizes: Sequence[int], repeat: int) -> None:
         )
         if TFX_BSL_PYTHON:
             tfx = _tfx_bsl_rate(source, work / f"stream-{rows}" / "tfx", repeat)
-            record("stream", f"preprocess step, {rows:,} mixed rows", rate, "tfx-bsl bare conversion", tfx, "rows/s")
+            record("stream", f"preprocess step, {what}", rate, "tfx-bsl bare conversion", tfx, "rows/s")
         shutil.rmtree(source.parent)
 
 
@@ -657,6 +659,9 @@ def main() -> int:
     parser.add_argument(
         "--stream-rows", default="1000000,3000000", help="the stream section's table sizes, comma-separated"
     )
+    parser.add_argument(
+        "--stream-compression", default="gzip", choices=["gzip", "none"], help="the stream section's data.compression"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json", help="where the JSON goes")
     args = parser.parse_args()
     global TFX_BSL_PYTHON
@@ -681,7 +686,7 @@ def main() -> int:
         if "parse" in sections:
             bench_parse(work, args.repeat)
         if "stream" in sections:
-            bench_stream(work, [int(r) for r in args.stream_rows.split(",")], args.repeat)
+            bench_stream(work, [int(r) for r in args.stream_rows.split(",")], args.repeat, args.stream_compression)
         if "e2e" in sections:
             bench_e2e(work, args.repeat, args.e2e_modes.split(","))
     out = args.out

@@ -268,10 +268,12 @@ def _process_files(
     partials = []
     try:
         for i, path in enumerate(files):
-            batches, rows = [], 0
+            summary, rows = None, 0
             for offset, table in data.iter_tables(path, spec.format, columns, BATCH_ROWS):
                 is_eval = split.split_mask(table, [(path, table.num_rows)], spec, offset=offset)
-                batches.append(statistics.file_partials(table, is_eval, spec))
+                # Folded in as each batch is read: memory holds one file summary's counters.
+                batch = statistics.file_partials(table, is_eval, spec)
+                summary = batch if summary is None else statistics.combine_partials([summary, batch], spec)
                 train, evals = table.filter(pa.array(~is_eval)), table.filter(pa.array(is_eval))
                 identities = spill.row_identities(train, path.name, offset, spec.key, spec.split.seed, ~is_eval)
                 writer.add(
@@ -281,7 +283,7 @@ def _process_files(
                     _serialize(example_encoder.encode_table(_encoded_columns(evals, spec, []))),
                 )
                 rows += table.num_rows
-            partials.append(statistics.combine_partials(batches, spec))
+            partials.append(summary)
             log.info("Read %d rows from %s (%d/%d files)", rows, path, i + 1, len(files))
             progress.advance(path.size)
     finally:
