@@ -378,19 +378,52 @@ def mixed_spec(directory: Path, source: str, compression: str = "gzip") -> Path:
 
 
 _STEP_IN_A_PROCESS = """
-import json, resource, sys, time
+import json, os, resource, sys, time
 from contrail import preprocess
 start = time.perf_counter()
 result = preprocess.run(preprocess.PreprocessArgs(sys.argv[1], sys.argv[2], sys.argv[3]))
-print(json.dumps({"seconds": time.perf_counter() - start, "rows": result.input_rows,
+seconds = time.perf_counter() - start
+written = sum(os.path.getsize(p) for p in [*result.train_files, *result.eval_files])
+print(json.dumps({"seconds": seconds, "rows": result.input_rows, "bytes": written,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
+def contrail_writer(source: Path, out: Path) -> int:
+    """Contrail's writer alone, as preprocess calls it, on a Parquet file: read a row group at a
+    time, encode (`example_encoder.encode_table`) and frame (`framing.write_records`) into
+    uncompressed shards, as tfx-bsl's conversion writes them; no split, statistics or shuffle."""
+    from contrail import example_encoder, framing
+
+    out.mkdir(parents=True, exist_ok=True)
+    parquet = pq.ParquetFile(source)
+    rows = 0
+    for group in range(parquet.num_row_groups):
+        encoded = example_encoder.encode_table(mixed_columns(parquet.read_row_group(group)))
+        framing.write_records(out / f"part-{group:05d}.tfrecord", encoded.data, encoded.offsets, compression="none")
+        rows += len(encoded)
+    return rows
+
+
+def disk_write_rate(path: Path, size: int) -> float:
+    """MB/s of a plain buffered write of `size` bytes (incompressible, 8 MB at a time), closed
+    and flushed to the page cache as the step's shards are: the ceiling for any writer here."""
+    block = np.random.default_rng(0).integers(0, 256, 8 << 20, dtype=np.uint8).tobytes()
+    start = time.perf_counter()
+    with open(path, "wb") as handle:
+        for offset in range(0, size, len(block)):
+            handle.write(block[: min(len(block), size - offset)])
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return size / seconds / 1e6
+
+
 def bench_stream(work: Path, sizes: Sequence[int], repeat: int, compression: str = "gzip") -> None:
     """The whole preprocess step, in its own process as a task runs it, on the mixed table at
-    each size: rows/s and peak RSS; RSS against the smallest size's (flat memory: ratio ~1), and
-    throughput against tfx-bsl's bare conversion of the same file when --tfx-bsl-python is given."""
+    each size: peak RSS against the smallest size's (flat memory: ratio ~1); rows/s against
+    pyarrow's read and tfx-bsl's bare conversion of the same file (with --tfx-bsl-python); MB/s
+    written against a plain buffered write of as many bytes; and Contrail's writer alone (encode
+    and frame, uncompressed) against tfx-bsl."""
     first_rss = None
     for rows in sizes:
         source = work / f"stream-{rows}" / "data" / "part-0.parquet"
@@ -436,9 +469,18 @@ def bench_stream(work: Path, sizes: Sequence[int], repeat: int, compression: str
             read,
             "rows/s",
         )
+        written = statistics.median(r["bytes"] / r["seconds"] / 1e6 for r in runs)
+        ceiling = disk_write_rate(work / "ceiling.bin", int(statistics.median(r["bytes"] for r in runs)))
+        record("stream", f"preprocess step written, {what}", written, "buffered write, same bytes", ceiling, "MB/s")
+        writer_out = work / f"stream-{rows}" / "w"
+        ours = rows / median_time(lambda s=source, o=writer_out: contrail_writer(s, o), repeat)
+        shutil.rmtree(writer_out)
         if TFX_BSL_PYTHON:
             tfx = _tfx_bsl_rate(source, work / f"stream-{rows}" / "tfx", repeat)
             record("stream", f"preprocess step, {what}", rate, "tfx-bsl bare conversion", tfx, "rows/s")
+            record("stream", f"Contrail writer, {rows:,} mixed rows", ours, "tfx-bsl bare conversion", tfx, "rows/s")
+        else:
+            record("stream", f"Contrail writer, {rows:,} mixed rows", ours, "the whole preprocess step", rate, "rows/s")
         shutil.rmtree(source.parent)
 
 

@@ -133,7 +133,7 @@ class PreprocessOperator(_ContrailOperator):
     template_fields = ("spec_path", "source", "parts")
     step = "preprocess"
 
-    def __init__(self, *, source: str, parts: Any = None, **kwargs: Any) -> None:
+    def __init__(self, *, source: str | list[str], parts: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.source = source
         self.parts = parts
@@ -372,7 +372,9 @@ class BatchInferenceOperator(_ContrailOperator):
 
     reads = READS["batch_inference"]
 
-    def __init__(self, *, source: str, export: Any = None, part: int = 0, parts: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self, *, source: str | list[str], export: Any = None, part: int = 0, parts: int = 1, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.source = source
         self.export = export

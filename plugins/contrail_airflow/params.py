@@ -132,7 +132,7 @@ def check_conf_keys(context: Context) -> None:
         )
 
 
-def resolve_source(source: str, override: str | None) -> str:
+def resolve_source(source: str | list[str], override: str | None) -> str | list[str]:
     """The spec's source, or the rendered `data_source` override confined to the data folder."""
     if not override:
         return source

@@ -10,7 +10,7 @@ import glob
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -103,9 +103,22 @@ def _remote(fs, path: str, info: dict) -> InputFile:
     return InputFile(fs.unstrip_protocol(path), int(info.get("size") or 0), tag)
 
 
-def resolve_files(pattern: str, *, field: str) -> list[InputFile]:
-    """Expand a glob, local or on an object store (`s3://bucket/data/*.parquet`), into a sorted
-    list of files, or raise `EmptyInputError`."""
+def resolve_files(pattern: str | Sequence[str], *, field: str) -> list[InputFile]:
+    """Expand a glob, local or on an object store (`s3://bucket/data/*.parquet`), or a list of
+    globs read as one, into a sorted list of distinct files, or raise `EmptyInputError`."""
+    if not isinstance(pattern, str):
+        found = {f.location: f for p in pattern for f in _matches(p, field)}
+        if not found:
+            shown = ", ".join(map(repr, pattern))
+            raise EmptyInputError(f"{field}: expected at least one file, found none matching any of {shown}")
+        return sorted(found.values())
+    matches = _matches(pattern, field)
+    if not matches:
+        raise EmptyInputError(f"{field}: expected at least one file, found none matching {pattern!r}")
+    return matches
+
+
+def _matches(pattern: str, field: str) -> list[InputFile]:
     if storage.is_remote(pattern):
         fs, path = storage.filesystem(pattern, what=field)
         with translating(StorageError, f"{field}: {pattern}", expected="a listable location", path=pattern):
@@ -121,8 +134,6 @@ def resolve_files(pattern: str, *, field: str) -> list[InputFile]:
         matches = sorted(
             InputFile(p, os.stat(p).st_size) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()
         )
-    if not matches:
-        raise EmptyInputError(f"{field}: expected at least one file, found none matching {pattern!r}")
     return matches
 
 

@@ -31,7 +31,7 @@ SLICE_ROWS = 65_536
 @dataclass(frozen=True)
 class InferenceArgs:
     spec_path: str
-    source: str  # the rendered inference.source glob
+    source: str | list[str]  # the rendered inference.source: a glob, or a list of globs
     step_dir: str  # the step's folder, or with inference.parallelism > 1 this part's (InferenceDir.part)
     models_dir: str
     version: int | None = None  # None: the production version

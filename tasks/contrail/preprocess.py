@@ -52,7 +52,7 @@ SPILL = ".spill"  # the records' spill folder inside the staging folder (one tas
 @dataclass(frozen=True)
 class PreprocessArgs:
     spec_path: str
-    source: str  # the rendered data.source glob
+    source: str | list[str]  # the rendered data.source: a glob, or a list of globs read as one
     step_dir: str
     cache_dir: str | None = None  # `<pipeline>/cache`: reuse another run's output for the same content
     parts: Sequence[str] | None = None  # fan-out: the folders `run_part` wrote, in file order
@@ -163,6 +163,7 @@ def run(args: PreprocessArgs) -> PreprocessResult:
     folders `run_part` wrote; otherwise every file is processed here."""
     loaded = load_spec(args.spec_path)
     spec = loaded.spec.data
+    source = args.source if isinstance(args.source, str) else ", ".join(args.source)  # for messages
     out = PreprocessDir(Path(args.step_dir))
     files, inputs, fp = _inputs_and_fingerprint(args, loaded)
     step = _step_run(args, fp, inputs)
@@ -181,17 +182,17 @@ def run(args: PreprocessArgs) -> PreprocessResult:
         n_train, n_eval = sum(p["train"] for p in part.partials), sum(p["eval"] for p in part.partials)
         if rows == 0:
             raise EmptyInputError(
-                f"{args.source}: expected at least one data row, found 0 rows in {len(files)} file(s)", path=args.source
+                f"{source}: expected at least one data row, found 0 rows in {len(files)} file(s)", path=source
             )
         if n_train == 0 or n_eval == 0:
             raise EmptyInputError(
-                f"{args.source}: expected rows in both splits (eval_fraction={spec.split.eval_fraction}), "
+                f"{source}: expected rows in both splits (eval_fraction={spec.split.eval_fraction}), "
                 f"found {n_train} train and {n_eval} eval rows out of {rows}",
-                path=args.source,
+                path=source,
                 field="data.split.eval_fraction",
             )
         schema, stats = statistics.merge_partials(part.partials, spec, loaded.spec.name)
-        statistics.check_oov(stats, spec, args.source)
+        statistics.check_oov(stats, spec, source)
         packed = _packed(spec)
         schema["train_packing"] = {"feature": tfrecord.PACKED_FEATURE, "columns": packed} if packed else None
         # Train records go out in a seeded random order (bucket by bucket), so training can

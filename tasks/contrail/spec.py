@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -58,8 +58,12 @@ class SplitSpec(_Strict):
     seed: int = 0
 
 
+Source = Annotated[str, Field(min_length=1)]
+
+
 class DataSpec(_Strict):
-    source: str = Field(min_length=1)
+    # A glob, or a list of globs read as one (a window of partitions: each may use macros).
+    source: Source | Annotated[list[Source], Field(min_length=1)]
     format: Literal["parquet", "csv"] = "parquet"
     key: str | None = None
     label: LabelSpec
@@ -202,7 +206,7 @@ class ExportSpec(_Strict):
 
 
 class InferenceSpec(_Strict):
-    source: str | None = None
+    source: Source | Annotated[list[Source], Field(min_length=1)] | None = None
     format: Literal["parquet", "csv"] = "parquet"
     batch_size: int = Field(default=4096, gt=0)
     # > 1: batch inference is a mapped task, one instance per part of the files (Airflow

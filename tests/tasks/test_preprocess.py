@@ -397,3 +397,23 @@ def test_a_bad_value_past_the_first_batch_is_named_by_its_row_in_the_file(write_
     ):
         _run(spec, str(directory / "*.parquet"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_list_of_globs_is_read_as_one_source(write_spec, tmp_path):
+    """A window of daily partitions, as a monthly retrain would list its last months: the union
+    of the globs, each file once, in one order whatever the list's."""
+    from contrail.demo import DAILY_DATES, write_penguins_daily
+
+    rows = write_penguins_daily(tmp_path / "data")
+    window = [str(tmp_path / "data" / "penguins_daily" / day / "*.parquet") for day in DAILY_DATES[:3]]
+    spec = write_spec({"data": {"source": window}})
+    result = _run(spec, window, tmp_path / "window")
+    assert result.input_rows == sum(rows[day] for day in DAILY_DATES[:3])
+    again = _run(spec, [window[2], window[0], window[1], window[0]], tmp_path / "shuffled")  # order, repeats
+    assert again.input_rows == result.input_rows and again.fingerprint == result.fingerprint
+    missing = [str(tmp_path / "data" / "nowhere" / "*.parquet"), str(tmp_path / "data" / "elsewhere" / "*.csv")]
+    with pytest.raises(
+        EmptyInputError,
+        match=r"data\.source: expected at least one file, found none matching any of .*nowhere.*elsewhere",
+    ):
+        _run(spec, missing, tmp_path / "none")
