@@ -1,5 +1,6 @@
 """The artifact root on S3: the demo pipeline through a real scheduler (LocalExecutor), with
-`CONTRAIL_ARTIFACT_ROOT=s3://<bucket>/artifacts` on moto's S3 server over HTTP.
+`CONTRAIL_ARTIFACT_ROOT=s3://<bucket>/artifacts` on moto's S3 server over HTTP, and the data to
+train on and to score read from `s3://<bucket>/data/`.
 
 Nothing is shared between tasks but the bucket: each task works in its own scratch copy, so
 this is the object-store path of a Celery deployment whose workers share no disk. The spec
@@ -32,12 +33,24 @@ STEPS = ("preprocess", "train", "select_best", "export")
 def run(tmp_path_factory, s3_server):
     home = tmp_path_factory.mktemp("s3cluster")
     write_penguins(home / "data")
+    # The data is in the bucket too: data.source and inference.source are s3:// globs.
+    bucket = s3_server.new_bucket()
+    fs = s3_server.filesystem()
+    for folder in ("penguins", "penguins_to_score"):
+        for path in sorted((home / "data" / folder).iterdir()):
+            fs.put_file(str(path), f"{bucket}/data/{folder}/{path.name}")
     specs = home / "pipelines"
-    spec_variant(specs, {"data": {"parallelism": 2}, "inference": {"parallelism": 2}})
+    spec_variant(
+        specs,
+        {
+            "data": {"parallelism": 2, "source": f"s3://{bucket}/data/penguins/*.parquet"},
+            "inference": {"parallelism": 2, "source": f"s3://{bucket}/data/penguins_to_score/*.parquet"},
+        },
+    )
     failpoints = home / "failpoints"
     failpoints.mkdir()
     (failpoints / "train.before_eval.3").touch()
-    uri = f"s3://{s3_server.new_bucket()}/artifacts"
+    uri = f"s3://{bucket}/artifacts"
     with AirflowCluster(
         home,
         CONTRAIL_SPEC_DIR=str(specs),
@@ -50,7 +63,6 @@ def run(tmp_path_factory, s3_server):
         cluster.trigger("penguins", RUN_ID)
         state = cluster.wait_for_run("penguins", RUN_ID)
         assert state == "success", cluster.logs("scheduler")[-3000:]
-        fs = s3_server.filesystem()
         run_uri = f"{uri}/{run_rel('penguins', RUN_ID)}"
         yield {
             "cluster": cluster,
@@ -111,6 +123,9 @@ def test_fanned_out_parts_went_through_the_bucket(run):
     assert states == ["success", "success"]
     assert not run["fs"].exists(f"{run['run']}/preprocess-parts")  # the reduce removed them
     assert run["manifests"]["preprocess"]["result"]["input_rows"] == 344
+    # Read from the bucket, each object known by its ETag (no download to fingerprint it).
+    inputs = run["manifests"]["preprocess"]["inputs"]
+    assert inputs and all(k.startswith("s3://") and "/data/penguins/" in k and v["tag"] for k, v in inputs.items())
     assert len(run["fs"].glob(f"{run['run']}/inference/part-*-of-002/manifest.json")) == 2
     predictions = run["fs"].glob(f"{run['run']}/inference/part-*-of-002/*.parquet")
     table = pq.ParquetDataset(predictions, filesystem=run["fs"]).read()
