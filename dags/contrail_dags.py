@@ -10,7 +10,9 @@ field, so it shows in the UI's import errors and in `airflow dags list-import-er
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+import operator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from airflow.sdk import DAG
 
 from contrail import config
 from contrail.errors import SpecError
-from contrail.spec import LoadedSpec, discover_specs, load_spec
+from contrail.spec import AssetScheduleSpec, LoadedSpec, PipelineSpec, discover_specs, load_spec
 from contrail_airflow.assets import inference_dag_id, model_asset, promotion_alias, tfrecords_alias, tfrecords_asset
 from contrail_airflow.operators import (
     BatchInferenceOperator,
@@ -34,6 +36,20 @@ from contrail_airflow.params import trigger_params
 log = logging.getLogger(__name__)
 
 
+def _schedule(spec: PipelineSpec) -> Any:
+    """The spec's schedule as Airflow's: a cron string as it is; upstream assets as "any of them
+    updated", or that or the cron when both are given."""
+    schedule = spec.schedule
+    if not isinstance(schedule, AssetScheduleSpec):
+        return schedule
+    from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable
+
+    condition = functools.reduce(operator.or_, (Asset(uri) for uri in schedule.assets))
+    if schedule.cron is None:
+        return condition
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(schedule.cron, timezone="UTC"), assets=condition)
+
+
 def build_dag(loaded: LoadedSpec) -> DAG:
     spec = loaded.spec
     common = {"spec_path": str(loaded.path), "pipeline": spec.name}
@@ -41,7 +57,7 @@ def build_dag(loaded: LoadedSpec) -> DAG:
     with DAG(
         dag_id=spec.name,
         description=spec.description or f"Contrail pipeline {spec.name}",
-        schedule=spec.schedule,
+        schedule=_schedule(spec),
         start_date=dt.datetime.combine(spec.start_date, dt.time(), tzinfo=dt.UTC),
         catchup=spec.catchup,
         params=trigger_params(loaded),

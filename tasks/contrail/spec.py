@@ -223,10 +223,19 @@ class InferenceSpec(_Strict):
         return self
 
 
+class AssetScheduleSpec(_Strict):
+    """Run when any of `assets` is updated (an upstream DAG's outlet, an API event), and on `cron`
+    as well when it is given."""
+
+    assets: list[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9+.\-]*://\S+$")]] = Field(min_length=1)
+    cron: str | None = None
+
+
 class PipelineSpec(_Strict):
     name: str = Field(pattern=_NAME_RE)
     description: str = ""
-    schedule: str | None = None
+    # A cron string or preset; or upstream assets (and optionally a cron) to run on.
+    schedule: str | AssetScheduleSpec | None = None
     start_date: dt.date = dt.date(2026, 1, 1)
     catchup: bool = False
     retries: int = Field(default=1, ge=0)
@@ -238,6 +247,23 @@ class PipelineSpec(_Strict):
     inference: InferenceSpec = InferenceSpec()
     # Celery queue per task, e.g. {train: gpu}: workers started with `--queues gpu` take them.
     queues: dict[Literal["preprocess", "train", "select_best", "export", "batch_inference"], str] = {}
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_form(cls, value: Any) -> Any:
+        """A mapping is the assets form: validated here, so that its error says what is wrong in
+        it rather than that it is not a string."""
+        if not isinstance(value, dict):
+            return value
+        try:
+            return AssetScheduleSpec.model_validate(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(
+                f"expected a cron string, or {{assets: [URI, ...], cron: optional}} with URIs such as "
+                f"s3://bucket/table; at {where}: {first['msg']}, found {first.get('input')!r}"
+            ) from None
 
     @model_validator(mode="after")
     def _metrics_exist(self) -> PipelineSpec:

@@ -78,16 +78,23 @@ def test_a_missing_build_fn_module_breaks_only_its_own_dag(tmp_path):
     assert "no_model.yaml" in message and "field 'model.build_fn'" in message and "no_such_module" in message
 
 
-def test_on_promotion_adds_a_scoring_dag_scheduled_on_the_model_asset(tmp_path):
+def test_asset_schedules_on_promotion_and_on_upstream_assets(tmp_path):
     dags = tmp_path / "dags"
     shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
     spec_variant(dags / "pipelines", {"inference": {"on_promotion": True}})
+    # Retrain when the ETL says it has new data: any of two assets, or that or a cron.
+    spec_variant(dags / "pipelines", {"schedule": {"assets": ["s3://events/a", "s3://events/b"]}}, name="on_events")
+    spec_variant(
+        dags / "pipelines", {"schedule": {"assets": ["s3://events/a"], "cron": "0 3 * * *"}}, name="on_events_or_cron"
+    )
     report = parse(dags, tmp_path)
     assert report["import_errors"] == {}
     scoring = report["dags"]["penguins_inference"]
     assert scoring["tasks"] == {"batch_inference": []}
     assert scoring["schedule"] == "AssetTriggeredTimetable"
     assert report["dags"]["penguins"]["tasks"] == EXPECTED_GRAPH
+    assert report["dags"]["on_events"]["schedule"] == "AssetTriggeredTimetable"
+    assert report["dags"]["on_events_or_cron"]["schedule"] == "AssetOrTimeSchedule"
 
 
 def test_twenty_specs_parse_without_tensorflow(tmp_path):

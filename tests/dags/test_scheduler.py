@@ -28,6 +28,20 @@ from contrail.layout import PipelineLayout, RunLayout, TrainDir
 pytestmark = pytest.mark.slow
 
 
+EVENTS = "s3://events/penguins"  # what the upstream ETL DAG announces when it has written new data
+PRODUCER = f"""
+import datetime as dt
+from airflow.sdk import DAG, Asset, task
+
+with DAG("events_etl", schedule=None, start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), catchup=False):
+    @task(outlets=[Asset("{EVENTS}")])
+    def publish():
+        return "new data"
+
+    publish()
+"""
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     home = tmp_path_factory.mktemp("cluster")
@@ -36,11 +50,24 @@ def cluster(tmp_path_factory):
     shutil.copytree(PIPELINES, specs)
     # A slower variant for the kill test: many short evaluation rounds, so a kill lands mid-run.
     spec_variant(specs, SLOW_TRAINING, name="penguins_slow")
+    # Retrained whenever the upstream ETL DAG (below) updates its asset; short training.
+    spec_variant(specs, {"schedule": {"assets": [EVENTS]}, "train": {"max_steps": 50}}, name="on_events")
+    # The DAG folder: Contrail's DAG file beside a plain Airflow DAG that produces the asset.
+    dags = home / "dags"
+    dags.mkdir()
+    (dags / "contrail_dags.py").symlink_to(ROOT / "dags" / "contrail_dags.py")
+    (dags / "events_etl.py").write_text(PRODUCER)
     failpoints = home / "failpoints"
     failpoints.mkdir()
-    with AirflowCluster(home, CONTRAIL_SPEC_DIR=str(specs), CONTRAIL_FAILPOINTS_DIR=str(failpoints)) as running:
+    with AirflowCluster(
+        home,
+        CONTRAIL_SPEC_DIR=str(specs),
+        CONTRAIL_FAILPOINTS_DIR=str(failpoints),
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+    ) as running:
         running.failpoints = failpoints
         running.wait_for_dag("penguins_slow")
+        running.wait_for_dag("events_etl")
         yield running
 
 
@@ -145,3 +172,20 @@ def test_the_run_report_link_opens_the_report_through_the_api_server(cluster, ch
         timeout=30,
     )
     assert missing.status_code == 404 and "has no report yet" in missing.text
+
+
+def test_an_upstream_asset_update_starts_a_retraining_run(cluster):
+    """`schedule: {assets: [...]}`: the producer DAG's outlet event starts the pipeline."""
+    cluster.trigger("events_etl", "etl-1")
+    assert cluster.wait_for_run("events_etl", "etl-1") == "success"
+    runs = wait_until(
+        lambda: cluster.api("GET", "/dags/on_events/dagRuns").json()["dag_runs"],
+        120,
+        "the asset event to start a run of on_events",
+        interval=1,
+    )
+    (run,) = runs
+    assert run["run_type"] == "asset_triggered"
+    assert cluster.wait_for_run("on_events", run["dag_run_id"]) == "success"
+    manifest = artifacts.read_manifest(_run(cluster, "on_events", run["dag_run_id"]).train.path)
+    assert manifest["result"]["final_step"] <= 50

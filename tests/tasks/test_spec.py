@@ -67,6 +67,12 @@ class TestSpecInvalid:
                 id="feature-name-not-a-signature-input",
             ),
             pytest.param(
+                {"schedule": {"assets": ["not a uri"]}},
+                r"field 'schedule': expected a cron string, or \{assets: \[URI, \.\.\.\], cron: optional\}.*"
+                r"at assets\.0: String should match pattern .*found 'not a uri'",
+                id="bad-asset-uri",
+            ),
+            pytest.param(
                 {"data": {"split": {"eval_fraction": 1.5}}},
                 r"field 'data\.split\.eval_fraction': expected less than 1.*found 1\.5",
                 id="out-of-range",
