@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from airflow_cluster import AirflowCluster
-from tests_support import SLOW_TRAINING, spec_variant, wait_until
+from tests_support import ORPHAN_TRAINING, spec_variant, wait_until
 
 from contrail import artifacts
 from contrail.demo import write_penguins
@@ -39,8 +39,9 @@ def _specs(home: Path) -> Path:
         "fanout": {"data": {"parallelism": 2}},
         # train goes to the `training` queue, which only worker-b consumes (a GPU worker's role)
         "routed": {"queues": {"train": "training"}},
-        # many short evaluation rounds, so that a kill lands mid-training
-        "slow": SLOW_TRAINING,
+        # many short evaluation rounds, so that a kill lands mid-training and the orphan still
+        # trains when the retry starts
+        "slow": ORPHAN_TRAINING,
     }
     for name, changes in variants.items():
         spec_variant(specs, {**scoring, **changes}, name=name)
