@@ -197,16 +197,8 @@ def iter_tables(path: InputFile, fmt: str, columns: list[Column], batch_rows: in
 
 
 def _parquet_batches(path: InputFile, names: list[str], batch_rows: int) -> Iterator[pa.Table]:
-    fs, where = path.filesystem()
-    with translating(CorruptRecordError, str(path), expected="a readable Parquet file", path=str(path)):
-        schema = pq.read_schema(where, filesystem=fs)
-    _check_columns(path, names, schema.names)
-    with translating(
-        CorruptRecordError,
-        f"{path}: Parquet data cannot be read back",
-        path=str(path),
-        catch=(pa.ArrowException, OSError),
-    ):
+    fs, where = _parquet_with_columns(path, names)
+    with _parquet_read_errors(path):
         with pq.ParquetFile(where, filesystem=fs, page_checksum_verification=True) as parquet:
             if parquet.metadata.num_rows == 0:
                 yield parquet.schema_arrow.empty_table().select(names)
@@ -220,26 +212,32 @@ def _parquet_batches(path: InputFile, names: list[str], batch_rows: int) -> Iter
 def _csv_batches(path: InputFile, columns: list[Column]) -> Iterator[pa.Table]:
     header = _csv_header(path)
     _check_columns(path, [c.name for c in columns], header)
-    types = {c.name: _ARROW_TYPE[c.type] for c in columns if c.type in _ARROW_TYPE}
-    options = pacsv.ConvertOptions(
-        include_columns=[c.name for c in columns], column_types=types, strings_can_be_null=True
-    )
     try:
         with path.open() as handle:
             # Blocks of 16 MB: the label's and key's types are inferred from the first block.
             reader = pacsv.open_csv(
-                handle, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES), convert_options=options
+                handle,
+                read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                convert_options=_csv_convert_options(columns),
             )
             yield reader.schema.empty_table()
             for batch in reader:
                 yield pa.Table.from_batches([batch])
     except pa.ArrowInvalid as exc:
-        if "CSV conversion error" in str(exc):
-            raise translate(
-                exc, SchemaMismatchError, f"{path}: a value does not have its spec type", path=str(path)
-            ) from exc
-        expected = f"every row to have the header's fields ({len(header)})"
-        raise translate(exc, SchemaMismatchError, str(path), expected=expected, path=str(path)) from exc
+        raise _csv_read_error(exc, path, header) from exc
+
+
+def _csv_convert_options(columns: list[Column]) -> pacsv.ConvertOptions:
+    types = {c.name: _ARROW_TYPE[c.type] for c in columns if c.type in _ARROW_TYPE}
+    return pacsv.ConvertOptions(include_columns=[c.name for c in columns], column_types=types, strings_can_be_null=True)
+
+
+def _csv_read_error(exc: pa.ArrowInvalid, path: InputFile, header: list[str]) -> Exception:
+    """A CSV row that does not convert or does not have the header's fields, as Contrail's error."""
+    if "CSV conversion error" in str(exc):
+        return translate(exc, SchemaMismatchError, f"{path}: a value does not have its spec type", path=str(path))
+    expected = f"every row to have the header's fields ({len(header)})"
+    return translate(exc, SchemaMismatchError, str(path), expected=expected, path=str(path))
 
 
 def _csv_header(path: InputFile) -> list[str]:
@@ -265,57 +263,37 @@ def _check_columns(path: InputFile, names: list[str], found: list[str]) -> None:
 
 
 def _read_parquet(path: InputFile, names: list[str]) -> pa.Table:
+    fs, where = _parquet_with_columns(path, names)
+    with _parquet_read_errors(path):
+        return pq.read_table(where, columns=names, page_checksum_verification=True, filesystem=fs)
+
+
+def _parquet_with_columns(path: InputFile, names: list[str]) -> tuple[pafs.FileSystem | None, str]:
+    """Where pyarrow reads `path` from, once its footer is read and has every column of `names`."""
     fs, where = path.filesystem()
     with translating(CorruptRecordError, str(path), expected="a readable Parquet file", path=str(path)):
         schema = pq.read_schema(where, filesystem=fs)
-    missing = [n for n in names if n not in schema.names]
-    if missing:
-        raise SchemaMismatchError(
-            f"{path}: expected column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}, "
-            f"found only {', '.join(map(repr, schema.names))}"
-        )
-    with translating(
+    _check_columns(path, names, schema.names)
+    return fs, where
+
+
+def _parquet_read_errors(path: InputFile):
+    return translating(
         CorruptRecordError,
         f"{path}: Parquet data cannot be read back",
         path=str(path),
         catch=(pa.ArrowException, OSError),
-    ):
-        return pq.read_table(where, columns=names, page_checksum_verification=True, filesystem=fs)
+    )
 
 
 def _read_csv(path: InputFile, columns: list[Column]) -> pa.Table:
-    types = {c.name: _ARROW_TYPE[c.type] for c in columns if c.type in _ARROW_TYPE}
+    header = _csv_header(path)
+    _check_columns(path, [c.name for c in columns], header)
     try:
         with path.open() as handle:
-            header = pacsv.open_csv(handle).schema.names
+            return pacsv.read_csv(handle, convert_options=_csv_convert_options(columns))
     except pa.ArrowInvalid as exc:
-        if "Empty CSV file" in str(exc):
-            raise EmptyInputError(
-                f"{path}: expected a CSV header and rows, found an empty file", path=str(path)
-            ) from exc
-        expected = "every row to have the header's fields" if "columns, got" in str(exc) else "a well-formed CSV file"
-        raise translate(exc, SchemaMismatchError, str(path), expected=expected, path=str(path)) from exc
-    missing = [c.name for c in columns if c.name not in header]
-    if missing:
-        raise SchemaMismatchError(
-            f"{path}: expected column{'s' * (len(missing) > 1)} {', '.join(map(repr, missing))}, "
-            f"found only {', '.join(map(repr, header))}"
-        )
-    try:
-        with path.open() as handle:
-            return pacsv.read_csv(
-                handle,
-                convert_options=pacsv.ConvertOptions(
-                    include_columns=[c.name for c in columns], column_types=types, strings_can_be_null=True
-                ),
-            )
-    except pa.ArrowInvalid as exc:
-        if "CSV conversion error" in str(exc):
-            raise translate(
-                exc, SchemaMismatchError, f"{path}: a value does not have its spec type", path=str(path)
-            ) from exc
-        expected = f"every row to have the header's fields ({len(header)})"
-        raise translate(exc, SchemaMismatchError, str(path), expected=expected, path=str(path)) from exc
+        raise _csv_read_error(exc, path, header) from exc
 
 
 def _is_text(t: pa.DataType) -> bool:
