@@ -283,10 +283,31 @@ def _lay_out(parts: Sequence[Part]) -> Encoded:
         return Encoded(np.zeros(0, dtype=np.uint8), np.zeros(1, dtype=np.int64))
     columns = [_as_binary(part, n) for part in parts]
     joined = pc.binary_join_element_wise(*columns, pa.scalar(b"", pa.large_binary()), null_handling="skip")
-    offsets = np.frombuffer(joined.buffers()[1], dtype=np.int64)[: n + 1]
-    raw = joined.buffers()[2]
+    return Encoded(*binary_buffers(joined))
+
+
+def binary_array(data: np.ndarray, offsets: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """A large_binary Arrow array over numpy buffers, without a copy: row i is
+    `data[offsets[i]:offsets[i + 1]]`, null where `valid` is false."""
+    validity = None if valid is None or valid.all() else pa.array(valid).buffers()[1]
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(),
+        len(offsets) - 1,
+        [validity, pa.py_buffer(np.asarray(offsets, dtype=np.int64)), pa.py_buffer(np.ascontiguousarray(data))],
+    )
+
+
+def binary_buffers(array: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """A binary array's bytes and int64 offsets from zero (without a copy when it can): the
+    inverse of `binary_array`."""
+    array = array.cast(pa.large_binary())
+    if array.offset or array.null_count:
+        array = pa.concat_arrays([array])  # a compact copy, offsets from zero
+    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[: len(array) + 1]
+    raw = array.buffers()[2]
     data = np.frombuffer(raw, dtype=np.uint8) if raw is not None else np.zeros(0, np.uint8)
-    return Encoded(data[int(offsets[0]) : int(offsets[-1])], offsets - offsets[0])
+    start = int(offsets[0])
+    return data[start : int(offsets[-1])], offsets - start
 
 
 def _as_binary(part: Part, n: int) -> pa.Array | pa.Scalar:
@@ -295,12 +316,7 @@ def _as_binary(part: Part, n: int) -> pa.Array | pa.Scalar:
         offsets = np.append(part.starts, part.starts[-1] + part.lengths[-1]).astype(np.int64)
         spans = np.diff(offsets)
         if ((spans == part.lengths) | (part.lengths == 0)).all():  # the values' own buffer: no copy
-            valid = spans == part.lengths
-            return pa.LargeBinaryArray.from_buffers(
-                pa.large_binary(),
-                n,
-                [None if valid.all() else pa.array(valid).buffers()[1], pa.py_buffer(offsets), pa.py_buffer(part.data)],
-            )
+            return binary_array(part.data, offsets, spans == part.lengths)
         out = np.empty(int(part.lengths.sum()), dtype=np.uint8)
         _copy_ragged(out, np.cumsum(part.lengths) - part.lengths, part)
         return _binary(out, part.lengths)
@@ -314,10 +330,7 @@ def _as_binary(part: Part, n: int) -> pa.Array | pa.Scalar:
 
 
 def _binary(data: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    return pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
-    )
+    return binary_array(data, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
 
 
 def _copy_ragged(out: np.ndarray, cursor: np.ndarray, part: Ragged) -> None:

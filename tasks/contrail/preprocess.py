@@ -316,9 +316,7 @@ def _load_parts(part_dirs: Sequence[str], files: list[data.InputFile]) -> _Part:
 
 def _serialize(encoded: example_encoder.Encoded) -> pa.Array:
     """Encoded records as one Arrow binary array (zero-copy over the encoder's buffers)."""
-    return pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(encoded), [None, pa.py_buffer(encoded.offsets), pa.py_buffer(encoded.data)]
-    )
+    return example_encoder.binary_array(encoded.data, encoded.offsets)
 
 
 def _concat(arrays: list[pa.Array]) -> pa.Array:

@@ -26,6 +26,7 @@ import pyarrow.ipc as ipc
 
 from contrail import framing, split, tfrecord
 from contrail.errors import ArtifactError
+from contrail.example_encoder import binary_buffers
 
 BUCKET_ROWS = 250_000  # about this many train records per bucket: what the shuffle holds at once
 _SCHEMA = pa.schema([("record", pa.large_binary())])
@@ -156,18 +157,6 @@ def write_shards(
             yield future.result()
 
 
-def as_buffers(records: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Serialized records as one byte buffer and int64 offsets from zero (zero-copy when it can)."""
-    records = records.cast(pa.large_binary())
-    if records.offset or records.null_count:
-        records = pa.concat_arrays([records])  # a compact copy, offsets from zero
-    offsets = np.frombuffer(records.buffers()[1], dtype=np.int64)[: len(records) + 1]
-    raw = records.buffers()[2]
-    data = np.frombuffer(raw, dtype=np.uint8) if raw is not None else np.zeros(0, np.uint8)
-    start = int(offsets[0])
-    return data[start : int(offsets[-1])], offsets - start
-
-
 def _write_one(path: Path, parts: list[pa.Array], compression: str) -> tuple[str, int]:
-    data, offsets = as_buffers(pa.concat_arrays(parts) if parts else pa.array([], pa.large_binary()))
+    data, offsets = binary_buffers(pa.concat_arrays(parts) if parts else pa.array([], pa.large_binary()))
     return path.name, framing.write_records(path, data, offsets, compression=compression)
