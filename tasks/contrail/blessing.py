@@ -2,8 +2,8 @@
 
 `decide` is the rule, pure: scores in, a decision and its reason out. `promote` is its I/O:
 under the pipeline's promotion lock it reads `production.json`, scores candidate and
-production on the same rows, decides, and moves `production.json` only for a promotion. The
-blessing record it returns always says why.
+production on the whole eval split (streamed from its files), decides, and moves
+`production.json` only for a promotion. The blessing record it returns always says why.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ import contextlib
 import fcntl
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from contrail import artifacts, serving
+from contrail import artifacts, evaluation, serving
 from contrail.early_stopping import is_improvement
 from contrail.errors import ExportError, InferenceError, translate
 from contrail.layout import ModelsLayout
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Decision:
-    decision: str  # first_model, better, not_better or forced
+    decision: str  # first_model, better, not_better, below_threshold or forced
     promoted: bool
     reason: str
 
@@ -42,15 +42,21 @@ def decide(
     production_version: int | None,
     force: bool = False,
     note: str | None = None,
+    bootstrap: evaluation.Bootstrap | None = None,
 ) -> Decision:
     """The blessing rule. `production_version` is None when there is no production model;
     `production` (its scores) is None also when it exists but could not be scored (`note` says
-    why), and then the candidate is promoted."""
+    why), and then the candidate is promoted. The candidate must pass every absolute gate
+    (`rule['thresholds']`), a first model too. With `bootstrap` (the rule has a `confidence`),
+    its lower bound of the improvement must beat `min_improvement`; without, the improvement
+    itself."""
     metric = rule["metric"]
     mode = metric_mode(metric, rule["mode"])
     value = candidate[metric]
     if force:
         return Decision("forced", True, f"forced by the force_promote param ({metric}={value:.6g})")
+    if failed := failed_gates(candidate, rule.get("thresholds") or {}):
+        return Decision("below_threshold", False, "; ".join(failed))
     if production_version is None:
         return Decision("first_model", True, f"first model for this pipeline ({metric}={value:.6g})")
     if production is None:
@@ -58,9 +64,29 @@ def decide(
     versus = (
         f"production v{production_version} {production[metric]:.6g} ({mode}, min_improvement={rule['min_improvement']})"
     )
+    if bootstrap is not None:
+        bound = (
+            f"improvement {bootstrap.improvement:+.4g}, {bootstrap.confidence:.0%} lower bound {bootstrap.lower:+.4g} "
+            f"over {bootstrap.samples} paired resamples of {bootstrap.rows} rows"
+        )
+        if bootstrap.lower > rule["min_improvement"]:
+            return Decision("better", True, f"{metric} {value:.6g} beats {versus}: {bound}")
+        return Decision("not_better", False, f"{metric} {value:.6g} does not surely beat {versus}: {bound}")
     if is_improvement(value, production[metric], mode, rule["min_improvement"]):
         return Decision("better", True, f"{metric} {value:.6g} beats {versus}")
     return Decision("not_better", False, f"{metric} {value:.6g} does not beat {versus}")
+
+
+def failed_gates(scores: Mapping[str, float], thresholds: Mapping[str, Mapping]) -> list[str]:
+    """Why the scores fail the absolute gates, one line per failed bound (none: they pass)."""
+    failed = []
+    for metric, gate in sorted(thresholds.items()):
+        value = scores[metric]
+        if gate.get("min") is not None and not value >= gate["min"]:
+            failed.append(f"{metric} {value:.6g} is below the gate min {gate['min']:.6g}")
+        if gate.get("max") is not None and not value <= gate["max"]:
+            failed.append(f"{metric} {value:.6g} is above the gate max {gate['max']:.6g}")
+    return failed
 
 
 @contextlib.contextmanager
@@ -77,30 +103,60 @@ def promotion_lock(models: ModelsLayout) -> Iterator[None]:
 def promote(
     models: ModelsLayout,
     candidate: serving.LoadedModel,
-    serialized: np.ndarray,
+    eval_batches: Callable[[], Iterable[np.ndarray]],
     targets: np.ndarray,
     rule: Mapping,
     *,
     force: bool = False,
     run_key: str = "",
 ) -> dict:
-    """Bless the candidate if it beats production on the same eval rows; always say why."""
+    """Bless the candidate if it beats production on the whole eval split; always say why.
+
+    `eval_batches` streams the split's serialized records (once per model scored), `targets`
+    is their encoded labels in the same order."""
     task = candidate.schema["label"]["task"]
+    metric, mode = rule["metric"], metric_mode(rule["metric"], rule["mode"])
     with promotion_lock(models):
         current = read_production(models.production)
         if current is not None and int(current["version"]) == candidate.version:
             log.info("Version %d is already production", candidate.version)
             return {**current["blessing"], "promoted": True}
-        candidate_score = serving.score(candidate.predict_examples(serialized), targets, task)
-        production_score, note, schema_change = None, None, None
+        candidate_outputs = candidate.predict_batches(eval_batches())
+        candidate_score = evaluation.score(candidate_outputs, targets, task)
+        production_score, note, schema_change, bootstrap = None, None, None, None
         if current is not None:
             production, note = _load_production(models, current, candidate.version, force)
             if production is not None:
                 schema_change = _schema_change(production.schema, candidate.schema)
                 try:
-                    production_score = serving.score(production.predict_examples(serialized), targets, task)
+                    production_outputs = production.predict_batches(eval_batches())
                 except Exception as exc:  # broad: TF raises its own types when the schema changed shape
                     note = f"production v{current['version']} cannot score this run's eval data ({type(exc).__name__})"
+                else:
+                    production_score = evaluation.score(production_outputs, targets, task)
+                    if rule.get("confidence") and not force:
+                        started = time.perf_counter()
+                        bootstrap = evaluation.paired_bootstrap(
+                            candidate_outputs,
+                            production_outputs,
+                            targets,
+                            task,
+                            metric,
+                            mode,
+                            samples=rule["bootstrap_samples"],
+                            seed=rule["seed"],
+                            confidence=rule["confidence"],
+                        )
+                        log.info(
+                            "Bootstrap of %s over %d resamples of %d rows in %.1fs: improvement %.4g, [%.4g, %.4g]",
+                            metric,
+                            bootstrap.samples,
+                            bootstrap.rows,
+                            time.perf_counter() - started,
+                            bootstrap.improvement,
+                            bootstrap.lower,
+                            bootstrap.upper,
+                        )
         decision = decide(
             candidate_score,
             production_score,
@@ -108,6 +164,7 @@ def promote(
             production_version=int(current["version"]) if current else None,
             force=force,
             note=note,
+            bootstrap=bootstrap,
         )
         reason = decision.reason
         if schema_change:
@@ -118,29 +175,33 @@ def promote(
             "decision": decision.decision,
             "promoted": decision.promoted,
             "reason": reason,
-            "metric": rule["metric"],
-            "mode": metric_mode(rule["metric"], rule["mode"]),
+            "metric": metric,
+            "mode": mode,
             "candidate_version": candidate.version,
             "candidate_score": candidate_score,
-            "production_version": candidate.version if decision.promoted else int(current["version"]),
+            "production_version": candidate.version
+            if decision.promoted
+            else (int(current["version"]) if current else None),
             "previous_version": int(current["version"]) if current else None,
             "production_score": production_score,
+            "bootstrap": bootstrap.to_json() if bootstrap else None,
+            "thresholds": dict(rule.get("thresholds") or {}),
             "eval_rows": int(len(targets)),
-            "compared_on": f"the eval split of run {run_key} ({len(targets)} rows), scored by both models",
+            "compared_on": f"the whole eval split of run {run_key} ({len(targets)} rows), scored by both models",
             "schema_change": schema_change,
             "note": note,
             "run_key": run_key,
             "time": time.time(),
         }
         if decision.promoted:
+            entry = {k: blessing[k] for k in ("decision", "candidate_version", "previous_version", "time")}
+            if bootstrap:
+                entry["bootstrap"] = {k: blessing["bootstrap"][k] for k in ("metric", "improvement", "lower", "upper")}
             record = {
                 "version": candidate.version,
                 "path": str(models.version(candidate.version).path),
                 "blessing": blessing,
-                "history": [
-                    *(current or {}).get("history", []),
-                    {k: blessing[k] for k in ("decision", "candidate_version", "previous_version", "time")},
-                ],
+                "history": [*(current or {}).get("history", []), entry],
             }
             artifacts.write_json_atomic(models.production, record)
         return blessing

@@ -4,11 +4,13 @@
 2. Save a SavedModel with `serving_default` (serialized `tf.Example`s) and `predict` (one
    tensor per raw feature). Both run the same in-graph preprocessing.
 3. Check before publishing: both signatures agree with each other and with the in-memory model
-   on the eval rows, and the directory loads and predicts the same in a fresh process.
+   on a seeded sample of the eval rows (`PARITY_ROWS`, stratified by label), and the directory
+   loads and predicts the same in a fresh process.
 4. Publish as `models/<next integer>/` with one rename; a rerun of the same Airflow run finds
    its version by `contrail.json` and never publishes a second one.
-5. Bless (`contrail.blessing`): score candidate and production on the same eval rows, under a
-   lock, and move `models/production.json` only if the candidate is better by `export.promote_if`.
+5. Bless (`contrail.blessing`): score candidate and production on the whole eval split, under a
+   lock, and move `models/production.json` only if the candidate is better by `export.promote_if`
+   (with `confidence`, by the lower bound of a paired bootstrap) and passes its gates.
 """
 
 from __future__ import annotations
@@ -24,12 +26,13 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from contrail import __version__, artifacts, blessing, layout, serving
+from contrail import __version__, artifacts, blessing, evaluation, layout, serving, tfrecord
 from contrail.errors import ExportError, translating
 from contrail.layout import ExportDir, ModelsLayout, VersionDir
 from contrail.results import ExportResult, PreprocessResult, SelectBestResult, TrainResult
@@ -40,7 +43,7 @@ log = logging.getLogger(__name__)
 
 STEP = "export"
 PARITY_TOLERANCE = 1e-6
-PARITY_ROWS = 10_000
+PARITY_ROWS = 10_000  # the parity checks' sample; the blessing scores every eval row
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,16 @@ def run(args: ExportArgs) -> ExportResult:
 
     from contrail import model as model_lib
 
-    serialized = model_lib.read_serialized(args.preprocess.eval_files, args.preprocess.compression, limit=PARITY_ROWS)
-    targets = model_lib.labels_from_serialized(serialized, schema)
+    files, compression = args.preprocess.eval_files, args.preprocess.compression
+
+    def eval_batches() -> Iterator[np.ndarray]:
+        return tfrecord.iter_serialized(files, compression=compression)
+
+    # The blessing scores the whole eval split; the parity checks a seeded sample of it, each
+    # label class (a regression's label decile) in its share.
+    targets = np.concatenate([model_lib.labels_from_serialized(b, schema) for b in eval_batches()])
+    sample = evaluation.stratified_sample(targets, schema["label"]["task"], PARITY_ROWS, loaded.spec.train.seed)
+    serialized = _rows(eval_batches(), sample)
     models.path.mkdir(parents=True, exist_ok=True)
     version = next((v for v, info in models.versions_of_run(args.run_key) if info.get("fingerprint") == fp), None)
     if version is None:
@@ -91,7 +102,7 @@ def run(args: ExportArgs) -> ExportResult:
     record = blessing.promote(
         models,
         candidate,
-        serialized,
+        eval_batches,
         targets,
         loaded.spec.export.promote_if.model_dump(),
         force=args.force_promote,
@@ -141,7 +152,7 @@ def _export_new_version(args, loaded, params, schema, serialized, fp, models: Mo
         model_lib.save_warm_start(model, staging.warm_start)
         reference = _keras_outputs(model, model_lib.raw_features_from_serialized(serialized, schema), schema)
         parity = check_parity(staging.path, serialized, schema, reference)
-        parity.update(check_fresh_process(staging.path, args.preprocess, reference))
+        parity.update(check_fresh_process(staging.path, serialized, reference))
         info = {
             "pipeline": loaded.spec.name,
             "run_key": args.run_key,
@@ -293,17 +304,18 @@ def check_parity(path: Path, serialized: np.ndarray, schema: dict, reference: di
     return {"rows": int(len(serialized)), "max_abs_diff": diff, "tolerance": PARITY_TOLERANCE}
 
 
-def check_fresh_process(path: Path, preprocess: PreprocessResult, reference: dict) -> dict:
+def check_fresh_process(path: Path, serialized: np.ndarray, reference: dict) -> dict:
     """Load the SavedModel in a new Python process and compare its outputs with ours."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "outputs.npz"
+        out, sample = Path(tmp) / "outputs.npz", Path(tmp) / "sample.tfrecord"
+        tfrecord.write_shard(sample, serialized, compression="none")
         command = [
             sys.executable,
             "-m",
             "contrail.verify_export",
             str(path),
             out.as_posix(),
-            json.dumps({"files": preprocess.eval_files, "compression": preprocess.compression, "limit": PARITY_ROWS}),
+            json.dumps({"files": [sample.as_posix()], "compression": "none", "limit": None}),
         ]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
         proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -317,6 +329,16 @@ def check_fresh_process(path: Path, preprocess: PreprocessResult, reference: dic
             got = {k: fresh[k] for k in fresh.files}
     diff = _compare("the in-memory model", got, reference, f"{path}: reloaded in a fresh process")
     return {"fresh_process": True, "fresh_process_max_abs_diff": diff}
+
+
+def _rows(batches: Iterator[np.ndarray], indices: np.ndarray) -> np.ndarray:
+    """The records at sorted `indices` of a split streamed in batches."""
+    chosen, offset = [], 0
+    for batch in batches:
+        lo, hi = np.searchsorted(indices, [offset, offset + len(batch)])
+        chosen.append(batch[indices[lo:hi] - offset])
+        offset += len(batch)
+    return np.concatenate(chosen) if chosen else np.array([], dtype=object)
 
 
 def _publish(staging: Path, models: ModelsLayout) -> int:

@@ -307,6 +307,20 @@ def _blessing(blessing: dict | None) -> str:
         ),
         ("Production version now", str(blessing["production_version"]), None),
     ]
+    if bootstrap := blessing.get("bootstrap"):
+        rows.append(
+            (
+                f"Improvement, {bootstrap['confidence']:.0%} bounds",
+                f'<span id="bootstrap">{_num(bootstrap["improvement"])} '
+                f"[{_num(bootstrap['lower'])}, {_num(bootstrap['upper'])}]</span> "
+                f"({bootstrap['samples']:,} paired resamples, seed {bootstrap['seed']})",
+                None,
+            )
+        )
+    for metric, gate in sorted((blessing.get("thresholds") or {}).items()):
+        bounds = ", ".join(f"{k} {_num(v)}" for k, v in gate.items() if v is not None)
+        value = (blessing.get("candidate_score") or {}).get(metric)
+        rows.append((f"Gate {_e(metric)}", f"{bounds}: candidate {_num(value)}", None))
     if blessing.get("schema_change"):
         rows.append(("Schema change", _e(json.dumps(blessing["schema_change"])), None))
     return '<section id="blessing"><h2>Promotion</h2>' + _table(rows, escape=False) + "</section>"

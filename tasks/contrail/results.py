@@ -109,8 +109,8 @@ class ExportResult(StepResult):
     model_dir: str
     version: int
     promoted: bool
-    decision: str  # the blessing: first_model, better, not_better or forced
-    production_version: int
+    decision: str  # the blessing: first_model, better, not_better, below_threshold or forced
+    production_version: int | None  # None: a first model below a gate, so no production yet
     candidate_score: dict[str, float]
     production_score: dict[str, float] | None
     parity: dict[str, Any] = field(default_factory=dict)

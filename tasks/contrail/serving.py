@@ -12,8 +12,7 @@ serialized `tf.Example`s. Neither needs any code from this project to run.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,12 +80,18 @@ class LoadedModel:
 
     def predict_examples(self, serialized: np.ndarray, batch_size: int = 4096) -> dict[str, np.ndarray]:
         """Run the `serving_default` signature over serialized `tf.Example`s, in batches."""
+        return self.predict_batches(
+            serialized[start : start + batch_size] for start in range(0, len(serialized), batch_size)
+        )
+
+    def predict_batches(self, batches: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the `serving_default` signature over batches of serialized `tf.Example`s (a split
+        streamed from its files): memory holds the outputs and one batch, not the records."""
         import tensorflow as tf
 
         chunks: dict[str, list[np.ndarray]] = {}
-        for start in range(0, len(serialized), batch_size):
-            batch = tf.constant(serialized[start : start + batch_size], dtype=tf.string)
-            for key, value in self.examples_fn(examples=batch).items():
+        for batch in batches:
+            for key, value in self.examples_fn(examples=tf.constant(batch, dtype=tf.string)).items():
                 chunks.setdefault(key, []).append(value.numpy())
         return {k: np.concatenate(v) for k, v in chunks.items()}
 
@@ -176,42 +181,3 @@ def head_outputs(raw: np.ndarray, task: str) -> dict[str, np.ndarray]:
         return {"value": raw.reshape(-1)}
     probabilities = np.concatenate([1.0 - raw.reshape(-1, 1), raw.reshape(-1, 1)], axis=1) if task == "binary" else raw
     return {"probabilities": probabilities, "class_index": probabilities.argmax(axis=1)}
-
-
-def score(outputs: Mapping[str, np.ndarray], targets: np.ndarray, task: str) -> dict[str, float]:
-    """Evaluation metrics of a model's outputs, named as in training (`val_*`)."""
-    if task == "regression":
-        error = outputs["value"].astype(np.float64) - targets.astype(np.float64)
-        return {
-            "val_loss": float(np.mean(error**2)),
-            "val_mae": float(np.mean(np.abs(error))),
-            "val_rmse": float(math.sqrt(np.mean(error**2))),
-        }
-    probabilities = np.clip(outputs["probabilities"].astype(np.float64), 1e-7, 1 - 1e-7)
-    index = targets.astype(np.int64)
-    scores = {
-        "val_loss": float(-np.mean(np.log(probabilities[np.arange(len(index)), index]))),
-        "val_accuracy": float(np.mean(outputs["class_index"] == index)),
-    }
-    if task == "binary":
-        scores["val_auc"] = _auc(probabilities[:, 1], index)
-    return scores
-
-
-def _auc(positive: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC by the rank statistic (ties get average ranks)."""
-    order = np.argsort(positive, kind="mergesort")
-    ranks = np.empty(len(positive))
-    sorted_scores = positive[order]
-    i = 0
-    while i < len(sorted_scores):
-        j = i
-        while j + 1 < len(sorted_scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    n_pos = int(labels.sum())
-    n_neg = len(labels) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    return float((ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

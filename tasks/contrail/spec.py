@@ -195,10 +195,34 @@ class TrainSpec(_Strict):
     warm_start: bool = False
 
 
+class GateSpec(_Strict):
+    """An absolute bound on an evaluation metric of the candidate."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _a_bound(self) -> GateSpec:
+        if self.min is None and self.max is None:
+            raise ValueError("expected min, max or both, found neither")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"expected min <= max, found min={self.min} > max={self.max}")
+        return self
+
+
 class PromoteSpec(_Strict):
     metric: str = "val_loss"
     mode: Literal["min", "max", "auto"] = "auto"
     min_improvement: float = Field(default=0.0, ge=0.0)
+    # Set: a paired bootstrap of the improvement over production on the whole eval split, and
+    # promotion only when its one-sided lower bound at this confidence beats min_improvement.
+    # Unset: the improvement itself must beat min_improvement.
+    confidence: float | None = Field(default=None, gt=0.5, lt=1.0)
+    bootstrap_samples: int = Field(default=1000, ge=100, le=100_000)
+    seed: int = 0
+    # Absolute gates on the candidate's metrics, e.g. {val_auc: {min: 0.7}}. A candidate outside
+    # one is published but not promoted (decision below_threshold), a first model included.
+    thresholds: dict[str, GateSpec] = {}
 
 
 class ExportSpec(_Strict):
@@ -275,6 +299,12 @@ class PipelineSpec(_Strict):
         for field, metric in checks:
             if metric not in known:
                 raise ValueError(f"{field}: expected one of {', '.join(known)} for a {task} label, found {metric!r}")
+        for metric in self.export.promote_if.thresholds:
+            if metric not in eval_metric_names(task):
+                raise ValueError(
+                    f"export.promote_if.thresholds.{metric}: expected an evaluation metric "
+                    f"({', '.join(eval_metric_names(task))}), found {metric!r}"
+                )
         if self.export.promote_if.metric not in eval_metric_names(task):
             raise ValueError(
                 "export.promote_if.metric: expected an evaluation metric "

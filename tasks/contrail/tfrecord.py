@@ -85,6 +85,29 @@ def count_records(path: Path, *, compression: str) -> int:
         ) from exc
 
 
+def iter_serialized(files: Sequence[str], *, compression: str, batch_size: int = 4096) -> Iterator[np.ndarray]:
+    """The records of `files`, in order, as numpy arrays of up to `batch_size` serialized
+    records: a whole split streams through in memory for one batch. A corrupt file is named."""
+    import tensorflow as tf
+
+    for path in files:
+        ds = tf.data.TFRecordDataset(str(path), compression_type=_tf_compression(compression), buffer_size=1 << 22)
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        try:
+            for batch in ds.batch(batch_size).prefetch(1).with_options(options):
+                yield batch.numpy()
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+            raise translate(
+                exc,
+                CorruptRecordError,
+                str(path),
+                expected="a whole TFRecord file",
+                found="corrupt data",
+                path=str(path),
+            ) from exc
+
+
 def verify_counts(files: Sequence[tuple[Path, int]], *, compression: str) -> None:
     """Check each shard holds the record count its manifest recorded.
 

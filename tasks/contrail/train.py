@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contrail import artifacts, serving, tfrecord
+from contrail import artifacts, evaluation, serving, tfrecord
 from contrail.early_stopping import EvalEarlyStopping
 from contrail.errors import TrainingError
 from contrail.faults import failpoint
@@ -341,7 +341,7 @@ def _evaluate(model, eval_ds, schema: dict, replicated: bool) -> dict[str, float
         outputs.append(model(features, training=False).numpy())
         targets.append(target.numpy())
     task = schema["label"]["task"]
-    return serving.score(serving.head_outputs(np.concatenate(outputs), task), np.concatenate(targets), task)
+    return evaluation.score(serving.head_outputs(np.concatenate(outputs), task), np.concatenate(targets), task)
 
 
 def _steps_per_execution(eval_every: int, cap: int = 32) -> int:
