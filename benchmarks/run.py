@@ -21,6 +21,9 @@ Sections:
              wide ints, strings of 10 to 100k values, a key) at each of --stream-rows: peak RSS
              against the smallest size's (flat memory), rows/s against pyarrow's read of the
              file, and against tfx-bsl's bare conversion with --tfx-bsl-python.
+  bootstrap  the blessing's paired bootstrap (export.promote_if.confidence) on --rows eval rows
+             of two binary models: resamples/s of the vectorized bootstrap against a loop that
+             draws each resample and scores both models on it, for val_loss and val_auc.
   e2e        the demo pipeline (penguins) end to end through a real Airflow, trigger to success:
              the scale-out mode (PostgreSQL, CeleryExecutor on Redis, two workers) vs the
              embedded mode (SQLite, LocalExecutor), and the embedded mode with the artifact root
@@ -644,6 +647,45 @@ def bench_parse(work: Path, repeat: int) -> None:
     print(f"parse      DagBag of dags/ with 20 specs: {parse:.3f} s (TensorFlow not imported)")
 
 
+def bench_bootstrap(rows: int, repeat: int) -> None:
+    """The blessing's paired bootstrap on `rows` eval rows of two binary models' outputs:
+    Contrail's vectorized resamples (a matrix of row counts per chunk, AUC from one sort per
+    model) against the plain loop (draw indices, score both models on the resample)."""
+    from contrail import evaluation
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, rows)
+    p = np.clip(0.3 * labels + 0.7 * rng.random(rows), 0, 1).astype(np.float32)
+    q = np.clip(p + rng.normal(0, 0.05, rows), 0, 1).astype(np.float32)
+    candidate, production = (
+        {"probabilities": np.stack([1 - x, x], axis=1), "class_index": (x > 0.5).astype(np.int64)} for x in (p, q)
+    )
+    for metric, mode in (("val_loss", "min"), ("val_auc", "max")):
+        samples, loop_samples = 200, 10
+
+        def ours(metric=metric, mode=mode, samples=samples):
+            evaluation.paired_bootstrap(
+                candidate, production, labels, "binary", metric, mode, samples=samples, seed=0, confidence=0.95
+            )
+
+        def loop(metric=metric, loop_samples=loop_samples):
+            draws = np.random.default_rng(0)
+            for _ in range(loop_samples):
+                i = draws.integers(0, rows, rows)
+                a = evaluation.score({k: v[i] for k, v in candidate.items()}, labels[i], "binary")[metric]
+                b = evaluation.score({k: v[i] for k, v in production.items()}, labels[i], "binary")[metric]
+                _ = a - b
+
+        record(
+            "bootstrap",
+            f"paired bootstrap of {metric}, {rows:,} rows",
+            samples / median_time(ours, repeat),
+            "a loop of resample-and-score",
+            loop_samples / median_time(loop, repeat),
+            "resamples/s",
+        )
+
+
 def bench_e2e(work: Path, repeat: int, modes: Sequence[str] = ("embedded", "scaleout", "s3")) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from airflow_cluster import AirflowCluster
@@ -695,7 +737,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="train,encode,write,input,inference,parse,stream")
+    parser.add_argument("--only", default="train,encode,write,input,inference,parse,bootstrap,stream")
     parser.add_argument("--tfx-bsl-python", help="python of the tfx-bsl environment (make bench-tfx-bsl)")
     parser.add_argument("--e2e-modes", default="embedded,scaleout,s3", help="the e2e section's modes (embedded first)")
     parser.add_argument(
@@ -727,6 +769,8 @@ def main() -> int:
             bench_inference(work, args.rows, args.repeat)
         if "parse" in sections:
             bench_parse(work, args.repeat)
+        if "bootstrap" in sections:
+            bench_bootstrap(args.rows, args.repeat)
         if "stream" in sections:
             bench_stream(work, [int(r) for r in args.stream_rows.split(",")], args.repeat, args.stream_compression)
         if "e2e" in sections:

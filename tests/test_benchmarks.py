@@ -14,7 +14,7 @@ import sys
 import pytest
 from tests_support import ROOT
 
-DATA_SECTIONS = ("encode", "write", "input", "train", "inference", "parse", "stream")
+DATA_SECTIONS = ("encode", "write", "input", "train", "inference", "parse", "bootstrap", "stream")
 
 
 def _run(tmp_path, sections, *extra, rows=4000):

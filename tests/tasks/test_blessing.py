@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from contrail.blessing import decide
+from contrail.evaluation import Bootstrap
 
 RULE = {"metric": "val_accuracy", "mode": "auto", "min_improvement": 0.01}
 
@@ -40,3 +41,34 @@ def test_a_production_model_that_could_not_be_scored_is_replaced_and_the_note_sa
     decision = decide({"val_accuracy": 0.5}, None, RULE, production_version=2, note="production v2 cannot score")
     assert (decision.decision, decision.promoted) == ("better", True)
     assert decision.reason.startswith("production v2 cannot score; promoting the candidate")
+
+
+def test_a_candidate_outside_a_gate_is_not_promoted_even_as_a_first_model():
+    rule = {**RULE, "thresholds": {"val_accuracy": {"min": 0.9}, "val_loss": {"max": 0.5}}}
+    decision = decide({"val_accuracy": 0.85, "val_loss": 0.6}, None, rule, production_version=None)
+    assert (decision.decision, decision.promoted) == ("below_threshold", False)
+    assert decision.reason == ("val_accuracy 0.85 is below the gate min 0.9; val_loss 0.6 is above the gate max 0.5")
+    inside = decide({"val_accuracy": 0.95, "val_loss": 0.4}, None, rule, production_version=None)
+    assert inside.decision == "first_model"
+    forced = decide({"val_accuracy": 0.85, "val_loss": 0.6}, None, rule, production_version=None, force=True)
+    assert forced.decision == "forced"
+
+
+def _bootstrap(improvement: float, lower: float) -> Bootstrap:
+    return Bootstrap("val_accuracy", 1000, 0, 0.95, improvement, lower, improvement + 0.01, 500)
+
+
+@pytest.mark.parametrize(
+    "lower, expected",
+    [
+        pytest.param(0.015, ("better", True), id="lower-bound-beats-min-improvement"),
+        pytest.param(0.005, ("not_better", False), id="point-beats-it-but-lower-bound-does-not"),
+    ],
+)
+def test_with_a_confidence_the_lower_bound_decides(lower, expected):
+    rule = {**RULE, "confidence": 0.95}
+    decision = decide(
+        {"val_accuracy": 0.93}, {"val_accuracy": 0.9}, rule, production_version=1, bootstrap=_bootstrap(0.03, lower)
+    )
+    assert (decision.decision, decision.promoted) == expected
+    assert "95% lower bound" in decision.reason and "1000 paired resamples of 500 rows" in decision.reason

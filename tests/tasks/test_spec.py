@@ -73,6 +73,21 @@ class TestSpecInvalid:
                 id="bad-asset-uri",
             ),
             pytest.param(
+                {"export": {"promote_if": {"thresholds": {"val_auc": {"min": 0.7}}}}},
+                r"export\.promote_if\.thresholds\.val_auc: expected an evaluation metric \(val_loss, val_accuracy\)",
+                id="gate-on-a-metric-the-task-lacks",
+            ),
+            pytest.param(
+                {"export": {"promote_if": {"thresholds": {"val_loss": {}}}}},
+                r"field 'export\.promote_if\.thresholds\.val_loss': .*expected min, max or both, found neither",
+                id="gate-without-a-bound",
+            ),
+            pytest.param(
+                {"export": {"promote_if": {"confidence": 1.0}}},
+                r"field 'export\.promote_if\.confidence': expected less than 1",
+                id="confidence-of-one",
+            ),
+            pytest.param(
                 {"data": {"split": {"eval_fraction": 1.5}}},
                 r"field 'data\.split\.eval_fraction': expected less than 1.*found 1\.5",
                 id="out-of-range",

@@ -1,0 +1,168 @@
+"""Promotion on real runs (#16): the blessing scores the whole eval split, a confidence bound
+keeps a noise-level gain out, absolute gates hold back even a first model.
+
+A synthetic binary table (a label from two of five features, plus noise), because the check
+that the old 10,000-row cap is gone needs an eval split larger than that: 24,000 rows at
+`eval_fraction: 0.5`. Trainings are deterministic (`train.deterministic`), so every figure
+below is the same on every run.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from tests_support import run_export
+
+from contrail import artifacts, export, preprocess, report, select_best, train
+from contrail.layout import ModelsLayout
+
+PIPELINES = Path(__file__).resolve().parents[2] / "dags" / "pipelines"
+
+
+def _table(rows: int, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 5))
+    label = (x[:, 0] + 0.5 * x[:, 1] + 1.5 * rng.normal(size=rows) > 0).astype(np.int64)
+    return pa.table({**{f"x{i}": x[:, i] for i in range(5)}, "label": label})
+
+
+def _spec(directory: Path, source: Path, *, eval_fraction: float, promote_if: dict) -> Path:
+    spec = {
+        "name": "noisy",
+        "data": {
+            "source": str(source / "*.parquet"),
+            "label": {"column": "label", "task": "binary"},
+            "features": {f"x{i}": {"type": "float"} for i in range(5)},
+            "split": {"eval_fraction": eval_fraction, "seed": 3},
+        },
+        "model": {"build_fn": "noisy_model:build", "params": {"hidden_units": [8], "learning_rate": 0.01}},
+        "train": {
+            "batch_size": 128,
+            "max_steps": 300,
+            "eval_every_steps": 100,
+            "early_stopping": None,
+            "seed": 1,
+            "deterministic": True,
+        },
+        "export": {"promote_if": promote_if},
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PIPELINES / "penguins_model.py", directory / "noisy_model.py")
+    path = directory / "noisy.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _pipeline(spec: Path, run: Path, **overrides) -> dict:
+    data = yaml.safe_load(spec.read_text())["data"]["source"]
+    pre = preprocess.run(preprocess.PreprocessArgs(str(spec), data, str(run / "preprocess")))
+    trained = train.run(train.TrainArgs(str(spec), pre, str(run / "train"), train_overrides=overrides))
+    best = select_best.run(select_best.SelectBestArgs(str(spec), trained, str(run / "select_best")))
+    return {"spec": spec, "preprocess": pre, "train": trained, "best": best}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("promotion")
+    (base / "large").mkdir()
+    pq.write_table(_table(24_000, seed=0), base / "large" / "part-0.parquet")
+    (base / "small").mkdir()
+    pq.write_table(_table(1_200, seed=1), base / "small" / "part-0.parquet")
+    rule = {"metric": "val_loss", "mode": "min"}
+    large = _spec(base / "spec-large", base / "large", eval_fraction=0.5, promote_if={**rule, "metric": "val_auc"})
+    small = _spec(base / "spec-small", base / "small", eval_fraction=0.3, promote_if=rule)
+    return {
+        "base": base,
+        "large": _pipeline(large, base / "runs" / "large"),
+        # Two models of the same data that differ by their seed only, and a barely trained one.
+        "seed1": _pipeline(small, base / "runs" / "seed1"),
+        "seed2": _pipeline(small, base / "runs" / "seed2", seed=2),
+        "weak": _pipeline(small, base / "runs" / "weak", max_steps=2, eval_every_steps=2),
+    }
+
+
+def _with_rule(stages: dict, directory: Path, **promote_if) -> dict:
+    """The same stages under a copy of their spec whose promote_if has `promote_if` merged in."""
+    spec = yaml.safe_load(stages["spec"].read_text())
+    spec["export"]["promote_if"].update(promote_if)
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(stages["spec"].parent / "noisy_model.py", directory / "noisy_model.py")
+    path = directory / "noisy.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return {**stages, "spec": path}
+
+
+def test_the_blessing_scores_the_whole_eval_split(runs, tmp_path):
+    stages = runs["large"]
+    result = run_export(stages, tmp_path / "models", "r1", tmp_path / "export")
+    blessing = artifacts.read_json(Path(result.step_dir) / "blessing.json")
+    eval_records = stages["preprocess"].eval_records
+    assert eval_records > export.PARITY_ROWS  # the old cap would have scored 10,000 of them
+    assert blessing["eval_rows"] == eval_records
+    # Keras' figures for the selected checkpoint, on the same split, in training.
+    selected = artifacts.read_json(Path(stages["best"].best_file))["metrics"]
+    ours = result.candidate_score
+    assert ours["val_loss"] == pytest.approx(selected["val_loss"], abs=1e-5)
+    assert ours["val_accuracy"] == pytest.approx(selected["val_accuracy"], abs=1e-6)
+    # Keras' AUC interpolates over 200 thresholds; ours is the exact rank statistic.
+    assert ours["val_auc"] == pytest.approx(selected["val_auc"], abs=2e-3)
+    # The parity checks keep a seeded sample, stratified by label.
+    assert abs(result.parity["rows"] - export.PARITY_ROWS) <= 2
+
+
+def test_a_gain_within_noise_is_not_promoted_with_a_confidence_bound(runs, tmp_path):
+    # The premise: two seeds on 1,200 rows, one better than the other by a little.
+    first, second = sorted((runs["seed1"], runs["seed2"]), key=lambda s: -s["best"].value)  # worse first
+    assert 1e-4 < first["best"].value - second["best"].value < 0.02
+
+    plain = tmp_path / "plain"
+    run_export(first, plain, "r1", tmp_path / "plain-1")
+    without = run_export(second, plain, "r2", tmp_path / "plain-2")
+    assert (without.decision, without.promoted) == ("better", True)  # today's rule: any gain
+
+    bounded = tmp_path / "bounded"
+    run_export(_with_rule(first, tmp_path / "spec-a", confidence=0.95), bounded, "r1", tmp_path / "bounded-1")
+    result = run_export(_with_rule(second, tmp_path / "spec-b", confidence=0.95), bounded, "r2", tmp_path / "bounded-2")
+    blessing = artifacts.read_json(Path(result.step_dir) / "blessing.json")
+    assert (result.decision, result.promoted) == ("not_better", False)
+    assert blessing["bootstrap"]["improvement"] > 0 >= blessing["bootstrap"]["lower"]
+    assert blessing["bootstrap"]["samples"] == 1000 and blessing["bootstrap"]["rows"] == blessing["eval_rows"]
+    assert "95% lower bound" in blessing["reason"]
+    assert ModelsLayout(bounded).production_version() == 1
+
+
+def test_a_clear_gain_is_promoted_and_production_history_keeps_the_interval(runs, tmp_path):
+    models = tmp_path / "models"
+    run_export(_with_rule(runs["weak"], tmp_path / "spec-w", confidence=0.95), models, "r1", tmp_path / "e1")
+    run_dir = tmp_path / "noisy" / "runs" / "r2"
+    result = run_export(
+        _with_rule(runs["seed1"], tmp_path / "spec-s", confidence=0.95), models, "r2", run_dir / "export"
+    )
+    assert (result.decision, result.promoted) == ("better", True)
+    production = artifacts.read_json(models / "production.json")
+    interval = production["history"][-1]["bootstrap"]
+    assert interval["metric"] == "val_loss" and 0 < interval["lower"] <= interval["improvement"] <= interval["upper"]
+    assert production["blessing"]["bootstrap"]["lower"] == interval["lower"]
+    page = report.write_report(run_dir).read_text()
+    shown = re.search(r'<span id="bootstrap">([^ ]+) \[([^,]+), ([^\]]+)\]</span>', page)
+    assert shown and [float(x) for x in shown.groups()] == pytest.approx(
+        [interval["improvement"], interval["lower"], interval["upper"]], rel=1e-5
+    )
+
+
+def test_a_first_model_below_a_gate_is_published_but_not_promoted(runs, tmp_path):
+    models = tmp_path / "models"
+    gated = _with_rule(runs["large"], tmp_path / "spec", thresholds={"val_auc": {"min": 0.99}})
+    result = run_export(gated, models, "r1", tmp_path / "export")
+    assert (result.decision, result.promoted, result.production_version) == ("below_threshold", False, None)
+    blessing = artifacts.read_json(Path(result.step_dir) / "blessing.json")
+    assert blessing["reason"].startswith(f"val_auc {result.candidate_score['val_auc']:.6g} is below the gate min 0.99")
+    assert (models / "1" / "saved_model.pb").is_file()  # published, for inspection
+    assert not (models / "production.json").exists()
