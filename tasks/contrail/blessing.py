@@ -12,8 +12,8 @@ import contextlib
 import fcntl
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Decision:
-    decision: str  # first_model, better, not_better, below_threshold or forced
+    decision: str  # first_model, better, not_better, below_threshold, slice_regression or forced
     promoted: bool
     reason: str
 
@@ -43,13 +43,15 @@ def decide(
     force: bool = False,
     note: str | None = None,
     bootstrap: evaluation.Bootstrap | None = None,
+    slices: Sequence[Mapping] = (),
 ) -> Decision:
     """The blessing rule. `production_version` is None when there is no production model;
     `production` (its scores) is None also when it exists but could not be scored (`note` says
     why), and then the candidate is promoted. The candidate must pass every absolute gate
     (`rule['thresholds']`), a first model too. With `bootstrap` (the rule has a `confidence`),
     its lower bound of the improvement must beat `min_improvement`; without, the improvement
-    itself."""
+    itself. With `max_slice_regression`, no slice (of those with enough rows to be scored) may
+    be worse than production by more than it."""
     metric = rule["metric"]
     mode = metric_mode(metric, rule["mode"])
     value = candidate[metric]
@@ -61,6 +63,14 @@ def decide(
         return Decision("first_model", True, f"first model for this pipeline ({metric}={value:.6g})")
     if production is None:
         return Decision("better", True, f"{note}; promoting the candidate ({metric}={value:.6g})")
+    if regressed := _worst_slice(slices, rule.get("max_slice_regression")):
+        return Decision(
+            "slice_regression",
+            False,
+            f"slice {regressed['name']} ({regressed['rows']} rows): {metric} {regressed['candidate'][metric]:.6g} "
+            f"against production v{production_version}'s {regressed['production'][metric]:.6g}, worse by "
+            f"{regressed['regression']:.4g}, more than max_slice_regression={rule['max_slice_regression']}",
+        )
     versus = (
         f"production v{production_version} {production[metric]:.6g} ({mode}, min_improvement={rule['min_improvement']})"
     )
@@ -75,6 +85,14 @@ def decide(
     if is_improvement(value, production[metric], mode, rule["min_improvement"]):
         return Decision("better", True, f"{metric} {value:.6g} beats {versus}")
     return Decision("not_better", False, f"{metric} {value:.6g} does not beat {versus}")
+
+
+def _worst_slice(slices: Sequence[Mapping], limit: float | None) -> Mapping | None:
+    """The slice that regressed most beyond `limit`, if any did."""
+    if limit is None:
+        return None
+    regressed = [s for s in slices if s.get("regression") is not None and s["regression"] > limit]
+    return max(regressed, key=lambda s: s["regression"], default=None)
 
 
 def failed_gates(scores: Mapping[str, float], thresholds: Mapping[str, Mapping]) -> list[str]:
@@ -100,30 +118,44 @@ def promotion_lock(models: ModelsLayout) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@dataclass(frozen=True)
+class EvalSplit:
+    """The eval split as the blessing reads it: `batches()` streams its serialized records
+    (once per model scored); `targets` are their encoded labels and `columns` the values of
+    the slice features, in the same order."""
+
+    batches: Callable[[], Iterable[np.ndarray]]
+    targets: np.ndarray
+    columns: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
 def promote(
     models: ModelsLayout,
     candidate: serving.LoadedModel,
-    eval_batches: Callable[[], Iterable[np.ndarray]],
-    targets: np.ndarray,
+    split: EvalSplit,
     rule: Mapping,
     *,
+    evaluate: Mapping | None = None,
     force: bool = False,
     run_key: str = "",
 ) -> dict:
     """Bless the candidate if it beats production on the whole eval split; always say why.
-
-    `eval_batches` streams the split's serialized records (once per model scored), `targets`
-    is their encoded labels in the same order."""
+    `evaluate` is the spec's `evaluate` section: more metrics, and slices."""
     task = candidate.schema["label"]["task"]
     metric, mode = rule["metric"], metric_mode(rule["metric"], rule["mode"])
+    evaluate = evaluate or {}
+    extra, classes = evaluate.get("metrics", ()), candidate.schema["label"].get("classes", ())
+    targets = split.targets
+    eval_batches = split.batches
     with promotion_lock(models):
         current = read_production(models.production)
         if current is not None and int(current["version"]) == candidate.version:
             log.info("Version %d is already production", candidate.version)
             return {**current["blessing"], "promoted": True}
         candidate_outputs = candidate.predict_batches(eval_batches())
-        candidate_score = evaluation.score(candidate_outputs, targets, task)
+        candidate_score = evaluation.score(candidate_outputs, targets, task, extra, classes)
         production_score, note, schema_change, bootstrap = None, None, None, None
+        production_outputs = None
         if current is not None:
             production, note = _load_production(models, current, candidate.version, force)
             if production is not None:
@@ -133,7 +165,7 @@ def promote(
                 except Exception as exc:  # broad: TF raises its own types when the schema changed shape
                     note = f"production v{current['version']} cannot score this run's eval data ({type(exc).__name__})"
                 else:
-                    production_score = evaluation.score(production_outputs, targets, task)
+                    production_score = evaluation.score(production_outputs, targets, task, extra, classes)
                     if rule.get("confidence") and not force:
                         started = time.perf_counter()
                         bootstrap = evaluation.paired_bootstrap(
@@ -157,6 +189,19 @@ def promote(
                             bootstrap.lower,
                             bootstrap.upper,
                         )
+        slices = evaluation.slice_scores(
+            candidate_outputs,
+            production_outputs if production_score is not None else None,
+            targets,
+            task,
+            split.columns,
+            [tuple(k) if not isinstance(k, str) else (k,) for k in evaluate.get("slices", ())],
+            metric=metric,
+            mode=mode,
+            min_count=evaluate.get("min_count", 30),
+            extra=extra,
+            classes=classes,
+        )
         decision = decide(
             candidate_score,
             production_score,
@@ -165,6 +210,7 @@ def promote(
             force=force,
             note=note,
             bootstrap=bootstrap,
+            slices=slices,
         )
         reason = decision.reason
         if schema_change:
@@ -185,6 +231,7 @@ def promote(
             "previous_version": int(current["version"]) if current else None,
             "production_score": production_score,
             "bootstrap": bootstrap.to_json() if bootstrap else None,
+            "slices": slices,
             "thresholds": dict(rule.get("thresholds") or {}),
             "eval_rows": int(len(targets)),
             "compared_on": f"the whole eval split of run {run_key} ({len(targets)} rows), scored by both models",

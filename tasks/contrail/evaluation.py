@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -58,10 +59,102 @@ class Resamples:
         return np.bincount(flat, minlength=k * n).reshape(k, n).astype(np.uint16)  # a count past 65,535: never
 
 
-def score(outputs: Mapping[str, np.ndarray], targets: np.ndarray, task: str) -> dict[str, float]:
-    """Evaluation metrics of a model's outputs, named as in training (`val_*`)."""
+def score(
+    outputs: Mapping[str, np.ndarray],
+    targets: np.ndarray,
+    task: str,
+    extra: Sequence[str] = (),
+    classes: Sequence[Any] = (),
+) -> dict[str, float]:
+    """Evaluation metrics of a model's outputs, named as in training (`val_*`), and the spec's
+    `evaluate.metrics` (`extra`; `classes` names a multiclass label's classes, in index order)."""
     whole = Resamples.whole(len(targets))
-    return {name: float(metric_function(outputs, targets, task, name)(whole)[0]) for name in METRICS[task]}
+    scores = {name: float(metric_function(outputs, targets, task, name)(whole)[0]) for name in METRICS[task]}
+    for name in extra:
+        if name == "per_class_recall":
+            scores.update(_per_class_recall(outputs, targets, classes))
+        else:
+            scores[f"val_{name}"] = float(_EXTRA[name](outputs, targets))
+    return scores
+
+
+def _crossentropy(outputs: Mapping[str, np.ndarray], targets: np.ndarray) -> float:
+    probabilities = np.clip(outputs["probabilities"].astype(np.float64), _EPSILON, 1 - _EPSILON)
+    index = targets.astype(np.int64)
+    return float(-np.mean(np.log(probabilities[np.arange(len(index)), index])))
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, 0 when the denominator is (Keras' `divide_no_nan`)."""
+    return float(numerator / denominator) if denominator else 0.0
+
+
+def _precision(outputs: Mapping[str, np.ndarray], targets: np.ndarray) -> float:
+    predicted, actual = np.asarray(outputs["class_index"]) == 1, targets.astype(np.int64) == 1
+    return _ratio(np.sum(predicted & actual), np.sum(predicted))
+
+
+def _recall(outputs: Mapping[str, np.ndarray], targets: np.ndarray) -> float:
+    predicted, actual = np.asarray(outputs["class_index"]) == 1, targets.astype(np.int64) == 1
+    return _ratio(np.sum(predicted & actual), np.sum(actual))
+
+
+def _average_precision(outputs: Mapping[str, np.ndarray], targets: np.ndarray) -> float:
+    """The area under the precision-recall curve as a step function (scikit-learn's average
+    precision): the precision at each distinct score, weighted by the recall it adds."""
+    scores = np.asarray(outputs["probabilities"])[:, 1].astype(np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    ordered, positive = scores[order], targets.astype(np.int64)[order] == 1
+    if not positive.any():
+        return 0.0
+    ends = np.r_[np.flatnonzero(ordered[1:] != ordered[:-1]), len(ordered) - 1]  # last row of each tie group
+    true_positives = np.cumsum(positive)[ends]
+    precision = true_positives / (ends + 1)
+    gained = np.diff(np.r_[0, true_positives]) / positive.sum()
+    return float(np.sum(gained * precision))
+
+
+def _calibration_error(outputs: Mapping[str, np.ndarray], targets: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over `bins` equal-width bins of the positive probability:
+    the row-weighted mean of |observed positive rate - mean predicted probability| per bin."""
+    p = np.asarray(outputs["probabilities"])[:, 1].astype(np.float64)
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    gap = np.bincount(which, weights=targets.astype(np.float64), minlength=bins) - np.bincount(
+        which, weights=p, minlength=bins
+    )
+    return float(np.abs(gap).sum() / len(p))
+
+
+def _mape(outputs: Mapping[str, np.ndarray], targets: np.ndarray) -> float:
+    """Mean absolute percentage error, as Keras computes it (|y| floored at 1e-7)."""
+    y = targets.astype(np.float64)
+    error = np.abs(y - outputs["value"].astype(np.float64).reshape(-1)) / np.maximum(np.abs(y), _EPSILON)
+    return float(100.0 * np.mean(error))
+
+
+def _per_class_recall(outputs: Mapping[str, np.ndarray], targets: np.ndarray, classes: Sequence[Any]) -> dict:
+    index, predicted = targets.astype(np.int64), np.asarray(outputs["class_index"])
+    names = list(classes) or list(range(int(max(index.max(initial=0), predicted.max(initial=0))) + 1))
+    return {
+        f"val_recall_{name}": _ratio(np.sum((predicted == i) & (index == i)), np.sum(index == i))
+        for i, name in enumerate(names)
+    }
+
+
+_EXTRA: dict[str, Callable[[Mapping[str, np.ndarray], np.ndarray], float]] = {
+    "precision": _precision,
+    "recall": _recall,
+    "pr_auc": _average_precision,
+    "log_loss": _crossentropy,
+    "calibration_error": _calibration_error,
+    "mape": _mape,
+    "mae": lambda outputs, targets: float(
+        np.mean(np.abs(outputs["value"].astype(np.float64).reshape(-1) - targets.astype(np.float64)))
+    ),
+    "rmse": lambda outputs, targets: float(
+        np.sqrt(np.mean((outputs["value"].astype(np.float64).reshape(-1) - targets.astype(np.float64)) ** 2))
+    ),
+}
 
 
 def metric_function(
@@ -82,13 +175,24 @@ def metric_function(
             "val_accuracy": (np.asarray(outputs["class_index"]) == index).astype(np.float64),
         }
     if metric not in terms:
-        raise ValueError(f"expected one of {', '.join(METRICS[task])} for a {task} label, found {metric!r}")
+        return _resampled(outputs, targets, _EXTRA[metric.removeprefix("val_")])
     values = terms[metric]
 
     def mean(resamples: Resamples) -> np.ndarray:
         return values[resamples.draws].mean(axis=1)
 
     return (lambda resamples: np.sqrt(mean(resamples))) if metric == "val_rmse" else mean
+
+
+def _resampled(
+    outputs: Mapping[str, np.ndarray], targets: np.ndarray, fn: Callable[[Mapping[str, np.ndarray], np.ndarray], float]
+) -> Callable[[Resamples], np.ndarray]:
+    """A metric with no vectorized form over resamples: computed on each resample's rows."""
+
+    def each(resamples: Resamples) -> np.ndarray:
+        return np.array([fn({k: v[rows] for k, v in outputs.items()}, targets[rows]) for rows in resamples.draws])
+
+    return each
 
 
 class _RankedScores:
@@ -187,3 +291,66 @@ def stratified_sample(targets: np.ndarray, task: str, rows: int, seed: int) -> n
         take = max(1, round(rows * len(members) / n))
         chosen.append(rng.choice(members, size=min(take, len(members)), replace=False))
     return np.sort(np.concatenate(chosen))
+
+
+MISSING = "(missing)"  # a slice value for a row whose feature is missing
+MAX_SLICES = 100  # per slice key: the most frequent values are kept
+
+
+def slice_scores(
+    candidate: Mapping[str, np.ndarray],
+    production: Mapping[str, np.ndarray] | None,
+    targets: np.ndarray,
+    task: str,
+    columns: Mapping[str, np.ndarray],
+    keys: Sequence[Sequence[str]],
+    *,
+    metric: str,
+    mode: str,
+    min_count: int,
+    extra: Sequence[str] = (),
+    classes: Sequence[Any] = (),
+) -> list[dict]:
+    """Both models' metrics on each slice of the eval rows: for each key (one feature, or a cross
+    of several), each combination of values, the most frequent `MAX_SLICES` first. A slice with
+    fewer than `min_count` rows gets its count only. `regression` is how much worse the candidate
+    is than production on `metric` in the slice (negative: better)."""
+    out = []
+    for key in keys:
+        codes = np.zeros(len(targets), dtype=np.int64)
+        for name in key:  # one code per combination of values
+            values, inverse = np.unique(columns[name], return_inverse=True)
+            codes = codes * len(values) + inverse.reshape(-1)
+        _, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
+        inverse = inverse.reshape(-1)
+        for g in np.argsort(-counts, kind="stable")[:MAX_SLICES]:
+            rows = np.flatnonzero(inverse == g)
+            first = rows[0]
+            where = {name: _slice_value(columns[name][first]) for name in key}
+            entry = {
+                "slice": where,
+                "name": ", ".join(f"{k}={v}" for k, v in where.items()),
+                "rows": int(len(rows)),
+                "candidate": None,
+                "production": None,
+                "regression": None,
+            }
+            if len(rows) >= min_count:
+                target = targets[rows]
+                entry["candidate"] = score({k: v[rows] for k, v in candidate.items()}, target, task, extra, classes)
+                if production is not None:
+                    entry["production"] = score(
+                        {k: v[rows] for k, v in production.items()}, target, task, extra, classes
+                    )
+                    difference = entry["production"][metric] - entry["candidate"][metric]
+                    entry["regression"] = float(difference if mode == "max" else -difference)
+            out.append(entry)
+    return out
+
+
+def _slice_value(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace") if value else MISSING
+    if isinstance(value, np.integer | int) and int(value) == np.iinfo(np.int64).min:
+        return MISSING
+    return str(value)

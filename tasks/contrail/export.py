@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,8 +78,6 @@ def run(args: ExportArgs) -> ExportResult:
         return done
     schema = artifacts.read_json(Path(args.preprocess.schema))
 
-    from contrail import model as model_lib
-
     files, compression = args.preprocess.eval_files, args.preprocess.compression
 
     def eval_batches() -> Iterator[np.ndarray]:
@@ -87,7 +85,8 @@ def run(args: ExportArgs) -> ExportResult:
 
     # The blessing scores the whole eval split; the parity checks a seeded sample of it, each
     # label class (a regression's label decile) in its share.
-    targets = np.concatenate([model_lib.labels_from_serialized(b, schema) for b in eval_batches()])
+    slice_features = sorted({name for key in loaded.spec.evaluate.slice_keys() for name in key})
+    targets, columns = _labels_and_columns(eval_batches(), schema, slice_features)
     sample = evaluation.stratified_sample(targets, schema["label"]["task"], PARITY_ROWS, loaded.spec.train.seed)
     serialized = _rows(eval_batches(), sample)
     models.path.mkdir(parents=True, exist_ok=True)
@@ -102,9 +101,9 @@ def run(args: ExportArgs) -> ExportResult:
     record = blessing.promote(
         models,
         candidate,
-        eval_batches,
-        targets,
+        blessing.EvalSplit(eval_batches, targets, columns),
         loaded.spec.export.promote_if.model_dump(),
+        evaluate=loaded.spec.evaluate.model_dump(),
         force=args.force_promote,
         run_key=args.run_key,
     )
@@ -329,6 +328,20 @@ def check_fresh_process(path: Path, serialized: np.ndarray, reference: dict) -> 
             got = {k: fresh[k] for k in fresh.files}
     diff = _compare("the in-memory model", got, reference, f"{path}: reloaded in a fresh process")
     return {"fresh_process": True, "fresh_process_max_abs_diff": diff}
+
+
+def _labels_and_columns(
+    batches: Iterator[np.ndarray], schema: dict, names: Sequence[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The encoded labels of a split streamed in batches, and the raw values of `names`."""
+    from contrail import model as model_lib
+
+    targets, columns = [], {name: [] for name in names}
+    for batch in batches:
+        targets.append(model_lib.labels_from_serialized(batch, schema))
+        for name, values in model_lib.features_from_serialized(batch, schema, names).items():
+            columns[name].append(values)
+    return np.concatenate(targets), {name: np.concatenate(parts) for name, parts in columns.items()}
 
 
 def _rows(batches: Iterator[np.ndarray], indices: np.ndarray) -> np.ndarray:

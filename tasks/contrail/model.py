@@ -263,6 +263,15 @@ def raw_features_from_serialized(serialized: np.ndarray, schema: dict) -> dict[s
     return {k: v.numpy() for k, v in parsed.items()}
 
 
+def features_from_serialized(serialized: np.ndarray, schema: dict, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The raw values of the features `names` (missing ones as the schema's defaults)."""
+    if not names:
+        return {}
+    spec = {k: v for k, v in feature_parse_spec(schema).items() if k in names}
+    parsed = tf.io.parse_example(tf.constant(serialized, dtype=tf.string), spec)
+    return {k: v.numpy() for k, v in parsed.items()}
+
+
 def labels_from_serialized(serialized: np.ndarray, schema: dict) -> np.ndarray:
     parsed = tf.io.parse_example(tf.constant(serialized, dtype=tf.string), label_parse_spec(schema))
     return label_encoder(schema)(parsed[schema["label"]["column"]]).numpy()

@@ -323,7 +323,45 @@ def _blessing(blessing: dict | None) -> str:
         rows.append((f"Gate {_e(metric)}", f"{bounds}: candidate {_num(value)}", None))
     if blessing.get("schema_change"):
         rows.append(("Schema change", _e(json.dumps(blessing["schema_change"])), None))
-    return '<section id="blessing"><h2>Promotion</h2>' + _table(rows, escape=False) + "</section>"
+    return (
+        '<section id="blessing"><h2>Promotion</h2>'
+        + _table(rows, escape=False)
+        + _metric_table(blessing)
+        + _slice_table(blessing)
+        + "</section>"
+    )
+
+
+def _metric_table(blessing: dict) -> str:
+    """Every metric the blessing computed, for both models."""
+    candidate, production = blessing.get("candidate_score") or {}, blessing.get("production_score") or {}
+    body = "".join(
+        f"<tr><td>{_e(name)}</td><td>{_num(value)}</td><td>{_num(production.get(name))}</td></tr>"
+        for name, value in candidate.items()
+    )
+    return (
+        '<table id="metrics"><thead><tr><th>metric (whole eval split)</th><th>candidate</th><th>production</th>'
+        f"</tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _slice_table(blessing: dict) -> str:
+    """Per slice: rows, both models' promote metric, and how much worse the candidate is."""
+    slices = blessing.get("slices") or []
+    if not slices:
+        return ""
+    metric = blessing["metric"]
+    body = "".join(
+        f"<tr><td>{_e(s['name'])}</td><td>{s['rows']:,}</td>"
+        f"<td>{_num((s.get('candidate') or {}).get(metric))}</td>"
+        f"<td>{_num((s.get('production') or {}).get(metric))}</td>"
+        f"<td>{_num(s.get('regression'))}</td></tr>"
+        for s in slices
+    )
+    return (
+        f'<table id="slices"><thead><tr><th>slice</th><th>rows</th><th>candidate {_e(metric)}</th>'
+        f"<th>production {_e(metric)}</th><th>regression</th></tr></thead><tbody>{body}</tbody></table>"
+    )
 
 
 def _data(stats: dict | None, preprocess: PreprocessResult | None) -> str:

@@ -223,6 +223,30 @@ class PromoteSpec(_Strict):
     # Absolute gates on the candidate's metrics, e.g. {val_auc: {min: 0.7}}. A candidate outside
     # one is published but not promoted (decision below_threshold), a first model included.
     thresholds: dict[str, GateSpec] = {}
+    # Block promotion when, in a slice of evaluate.slices with at least evaluate.min_count rows,
+    # the candidate's promote metric is worse than production's by more than this.
+    max_slice_regression: float | None = Field(default=None, ge=0.0)
+
+
+# `evaluate.metrics` a task can add to its eval metrics (reported as `val_<name>`).
+EXTRA_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("precision", "recall", "pr_auc", "log_loss", "calibration_error"),
+    "multiclass": ("per_class_recall", "log_loss"),
+    "regression": ("mae", "rmse", "mape"),
+}
+
+
+class EvaluateSpec(_Strict):
+    """What export's blessing measures besides the task's metrics: more metrics, and slices."""
+
+    metrics: list[str] = []
+    # A slice is one feature, or a list of features crossed: [island, [island, sex]].
+    slices: list[str | Annotated[list[str], Field(min_length=1)]] = []
+    # Slices with fewer eval rows are listed with their count, without metrics or a gate.
+    min_count: int = Field(default=30, ge=1)
+
+    def slice_keys(self) -> list[tuple[str, ...]]:
+        return [(s,) if isinstance(s, str) else tuple(s) for s in self.slices]
 
 
 class ExportSpec(_Strict):
@@ -267,6 +291,7 @@ class PipelineSpec(_Strict):
     data: DataSpec
     model: ModelSpec
     train: TrainSpec = TrainSpec()
+    evaluate: EvaluateSpec = EvaluateSpec()
     export: ExportSpec = ExportSpec()
     inference: InferenceSpec = InferenceSpec()
     # Celery queue per task, e.g. {train: gpu}: workers started with `--queues gpu` take them.
@@ -299,17 +324,41 @@ class PipelineSpec(_Strict):
         for field, metric in checks:
             if metric not in known:
                 raise ValueError(f"{field}: expected one of {', '.join(known)} for a {task} label, found {metric!r}")
-        for metric in self.export.promote_if.thresholds:
-            if metric not in eval_metric_names(task):
-                raise ValueError(
-                    f"export.promote_if.thresholds.{metric}: expected an evaluation metric "
-                    f"({', '.join(eval_metric_names(task))}), found {metric!r}"
-                )
         if self.export.promote_if.metric not in eval_metric_names(task):
             raise ValueError(
                 "export.promote_if.metric: expected an evaluation metric "
                 f"({', '.join(eval_metric_names(task))}), found {self.export.promote_if.metric!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _evaluation_is_consistent(self) -> PipelineSpec:
+        """evaluate.metrics fit the task, slices name string or int features, and the gates
+        name metrics the blessing computes."""
+        task = self.data.label.task
+        for name in self.evaluate.metrics:
+            if name not in EXTRA_METRICS[task]:
+                raise ValueError(
+                    f"evaluate.metrics: expected metrics of a {task} label ({', '.join(EXTRA_METRICS[task])}), "
+                    f"found {name!r}"
+                )
+        for key in self.evaluate.slice_keys():
+            for name in key:
+                feature = self.data.features.get(name)
+                if feature is None or feature.type == "float":
+                    found = "no such feature" if feature is None else "a float feature"
+                    raise ValueError(
+                        f"evaluate.slices: expected string or int features of data.features, found {name!r} ({found})"
+                    )
+        gateable = eval_metric_names(task) + tuple(f"val_{m}" for m in self.evaluate.metrics if m != "per_class_recall")
+        for metric in self.export.promote_if.thresholds:
+            if metric not in gateable:
+                raise ValueError(
+                    f"export.promote_if.thresholds.{metric}: expected an evaluation metric "
+                    f"({', '.join(gateable)}), found {metric!r}"
+                )
+        if self.export.promote_if.max_slice_regression is not None and not self.evaluate.slices:
+            raise ValueError("export.promote_if.max_slice_regression: expected evaluate.slices to check, found none")
         return self
 
     def hash(self) -> str:

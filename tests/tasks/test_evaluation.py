@@ -114,3 +114,96 @@ def test_the_parity_sample_is_seeded_and_stratified():
     assert evaluation.stratified_sample(labels[:500], "multiclass", 1_000, seed=3).tolist() == list(range(500))
     deciles = evaluation.stratified_sample(np.arange(10_000.0), "regression", 100, seed=0)
     assert np.bincount(deciles // 1_000).tolist() == [10] * 10
+
+
+def _average_precision_by_loop(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Average precision, written as its definition: for each distinct threshold, from the
+    highest, the precision of everything at or above it times the recall it adds."""
+    total, seen_tp, ap = labels.sum(), 0, 0.0
+    for threshold in sorted(set(scores.tolist()), reverse=True):
+        chosen = scores >= threshold
+        tp = int(np.sum(chosen & (labels == 1)))
+        ap += (tp - seen_tp) / total * (tp / int(np.sum(chosen)))
+        seen_tp = tp
+    return ap
+
+
+def test_added_binary_metrics_agree_with_independent_implementations_and_keras():
+    outputs, labels = _binary(3_000, seed=8, rounding=3)
+    ours = evaluation.score(
+        outputs, labels, "binary", ["precision", "recall", "pr_auc", "log_loss", "calibration_error"]
+    )
+    p, y = outputs["probabilities"][:, 1], labels
+    predicted = p > 0.5
+    assert ours["val_precision"] == pytest.approx(np.sum(predicted & (y == 1)) / np.sum(predicted))
+    assert ours["val_recall"] == pytest.approx(np.sum(predicted & (y == 1)) / np.sum(y == 1))
+    assert ours["val_pr_auc"] == pytest.approx(_average_precision_by_loop(p, y), abs=1e-12)
+    assert ours["val_log_loss"] == pytest.approx(ours["val_loss"])
+    bins = np.minimum((p * 10).astype(int), 9)
+    ece = sum(abs(y[bins == b].sum() - p[bins == b].sum()) for b in range(10)) / len(p)
+    assert ours["val_calibration_error"] == pytest.approx(ece)
+    for name, metric in (
+        ("val_precision", keras.metrics.Precision()),
+        ("val_recall", keras.metrics.Recall()),
+        ("val_pr_auc", keras.metrics.AUC(curve="PR", num_thresholds=2_000)),
+    ):
+        metric.update_state(y.astype(np.float32), p.astype(np.float32))
+        assert ours[name] == pytest.approx(float(metric.result()), abs=5e-3 if name == "val_pr_auc" else 1e-6)
+
+
+def test_per_class_recall_and_mape():
+    rng = np.random.default_rng(9)
+    targets = rng.integers(0, 3, 600)
+    probabilities = rng.dirichlet([1, 1, 1], 600)
+    probabilities[np.arange(300), targets[:300]] += 1  # right on the first half
+    outputs = {"probabilities": probabilities, "class_index": probabilities.argmax(axis=1)}
+    ours = evaluation.score(outputs, targets, "multiclass", ["per_class_recall"], ["Adelie", "Chinstrap", "Gentoo"])
+    for i, name in enumerate(["Adelie", "Chinstrap", "Gentoo"]):
+        mask = targets == i
+        assert ours[f"val_recall_{name}"] == pytest.approx(np.mean(outputs["class_index"][mask] == i))
+        recall = keras.metrics.Recall(class_id=i)
+        recall.update_state(
+            keras.utils.to_categorical(targets, 3), keras.utils.to_categorical(outputs["class_index"], 3)
+        )
+        assert ours[f"val_recall_{name}"] == pytest.approx(float(recall.result()), abs=1e-6)
+    y = rng.uniform(5, 50, 800)
+    value = y * rng.uniform(0.8, 1.2, 800)
+    mape = keras.metrics.MeanAbsolutePercentageError()
+    mape.update_state(y.astype(np.float32), value.astype(np.float32))
+    got = evaluation.score({"value": value}, y, "regression", ["mape"])["val_mape"]
+    assert got == pytest.approx(np.mean(np.abs(y - value) / y) * 100) and got == pytest.approx(
+        float(mape.result()), rel=1e-5
+    )
+
+
+def test_slices_group_rows_by_value_and_by_cross():
+    outputs, labels = _binary(1_000, seed=10)
+    rng = np.random.default_rng(11)
+    columns = {
+        "island": np.array([b"Biscoe", b"Dream", b""])[rng.choice(3, 1_000, p=[0.6, 0.38, 0.02])],
+        "year": rng.integers(2007, 2010, 1_000),
+    }
+    worse = {"probabilities": outputs["probabilities"][:, ::-1], "class_index": 1 - outputs["class_index"]}
+    slices = evaluation.slice_scores(
+        outputs,
+        worse,
+        labels,
+        "binary",
+        columns,
+        [("island",), ("island", "year")],
+        metric="val_auc",
+        mode="max",
+        min_count=30,
+    )
+    by_name = {s["name"]: s for s in slices}
+    assert [s["name"] for s in slices[:3]] == ["island=Biscoe", "island=Dream", "island=(missing)"]
+    assert by_name["island=(missing)"]["candidate"] is None and by_name["island=(missing)"]["rows"] < 30
+    assert sum(s["rows"] for s in slices if len(s["slice"]) == 2) == 1_000
+    mask = (columns["island"] == b"Dream") & (columns["year"] == 2008)
+    cell = by_name["island=Dream, year=2008"]
+    assert cell["rows"] == mask.sum()
+    expected = evaluation.score({k: v[mask] for k, v in outputs.items()}, labels[mask], "binary")
+    assert cell["candidate"] == expected
+    # Production (the reversed model) is worse on every slice, so the candidate regresses on none.
+    assert cell["regression"] == pytest.approx(cell["production"]["val_auc"] - cell["candidate"]["val_auc"])
+    assert all(s["regression"] < 0 for s in slices if s["regression"] is not None)

@@ -30,7 +30,8 @@ def _table(rows: int, seed: int) -> pa.Table:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, 5))
     label = (x[:, 0] + 0.5 * x[:, 1] + 1.5 * rng.normal(size=rows) > 0).astype(np.int64)
-    return pa.table({**{f"x{i}": x[:, i] for i in range(5)}, "label": label})
+    group = pa.array(np.array(["north", "south", "west"])[rng.integers(0, 3, rows)])
+    return pa.table({**{f"x{i}": x[:, i] for i in range(5)}, "group": group, "label": label})
 
 
 def _spec(directory: Path, source: Path, *, eval_fraction: float, promote_if: dict) -> Path:
@@ -39,7 +40,7 @@ def _spec(directory: Path, source: Path, *, eval_fraction: float, promote_if: di
         "data": {
             "source": str(source / "*.parquet"),
             "label": {"column": "label", "task": "binary"},
-            "features": {f"x{i}": {"type": "float"} for i in range(5)},
+            "features": {**{f"x{i}": {"type": "float"} for i in range(5)}, "group": {"type": "string"}},
             "split": {"eval_fraction": eval_fraction, "seed": 3},
         },
         "model": {"build_fn": "noisy_model:build", "params": {"hidden_units": [8], "learning_rate": 0.01}},
@@ -166,3 +167,46 @@ def test_a_first_model_below_a_gate_is_published_but_not_promoted(runs, tmp_path
     assert blessing["reason"].startswith(f"val_auc {result.candidate_score['val_auc']:.6g} is below the gate min 0.99")
     assert (models / "1" / "saved_model.pb").is_file()  # published, for inspection
     assert not (models / "production.json").exists()
+
+
+def test_a_regressed_slice_blocks_a_candidate_better_overall(runs, tmp_path):
+    first, second = sorted((runs["seed1"], runs["seed2"]), key=lambda s: -s["best"].value)  # worse first
+    evaluate = {"slices": ["group"], "min_count": 30, "metrics": ["precision", "recall"]}
+
+    def export_pair(models: Path, **promote_if) -> dict:
+        specs = [
+            _with_rule(s, tmp_path / f"{models.name}-spec-{i}", **promote_if) for i, s in enumerate((first, second))
+        ]
+        for stages in specs:
+            spec = yaml.safe_load(stages["spec"].read_text())
+            spec["evaluate"] = evaluate
+            stages["spec"].write_text(yaml.safe_dump(spec, sort_keys=False))
+        run_export(specs[0], models, "r1", tmp_path / f"{models.name}-1")
+        run_dir = tmp_path / models.name / "noisy" / "runs" / "r2"
+        result = run_export(specs[1], models, "r2", run_dir / "export")
+        return {
+            "result": result,
+            "blessing": artifacts.read_json(Path(result.step_dir) / "blessing.json"),
+            "report": report.write_report(run_dir).read_text(),
+        }
+
+    free = export_pair(tmp_path / "free")
+    assert free["result"].decision == "better"  # better overall: val_loss
+    slices = {s["name"]: s for s in free["blessing"]["slices"]}
+    assert set(slices) == {"group=north", "group=south", "group=west"}
+    assert sum(s["rows"] for s in slices.values()) == free["blessing"]["eval_rows"]
+    for s in slices.values():  # both models scored per slice, extra metrics included
+        assert {"val_loss", "val_auc", "val_precision", "val_recall"} <= set(s["candidate"]) == set(s["production"])
+        assert s["regression"] == pytest.approx(s["candidate"]["val_loss"] - s["production"]["val_loss"])
+    worst = max(slices.values(), key=lambda s: s["regression"])
+    assert worst["regression"] > 0  # the premise: a slice where the overall winner is worse
+
+    gated = export_pair(tmp_path / "gated", max_slice_regression=worst["regression"] / 2)
+    assert (gated["result"].decision, gated["result"].promoted) == ("slice_regression", False)
+    assert gated["blessing"]["reason"].startswith(f"slice {worst['name']} ({worst['rows']} rows): val_loss ")
+    assert ModelsLayout(tmp_path / "gated").production_version() == 1
+    # The report lists every slice with both models' figures, and every metric.
+    assert '<table id="slices">' in gated["report"] and '<table id="metrics">' in gated["report"]
+    for name, s in slices.items():
+        assert f"<tr><td>{name}</td><td>{s['rows']:,}</td>" in gated["report"]
+    assert "<td>val_precision</td>" in gated["report"]

@@ -83,6 +83,23 @@ class TestSpecInvalid:
                 id="gate-without-a-bound",
             ),
             pytest.param(
+                {"evaluate": {"metrics": ["precision"]}},
+                r"evaluate\.metrics: expected metrics of a multiclass label \(per_class_recall, log_loss\), "
+                r"found 'precision'",
+                id="metric-of-another-task",
+            ),
+            pytest.param(
+                {"evaluate": {"slices": ["island", ["island", "bill_length_mm"]]}},
+                r"evaluate\.slices: expected string or int features of data\.features, "
+                r"found 'bill_length_mm' \(a float feature\)",
+                id="slice-on-a-float",
+            ),
+            pytest.param(
+                {"export": {"promote_if": {"max_slice_regression": 0.02}}},
+                r"export\.promote_if\.max_slice_regression: expected evaluate\.slices to check, found none",
+                id="slice-gate-without-slices",
+            ),
+            pytest.param(
                 {"export": {"promote_if": {"confidence": 1.0}}},
                 r"field 'export\.promote_if\.confidence': expected less than 1",
                 id="confidence-of-one",
