@@ -156,6 +156,7 @@ class PreprocessOperator(_ContrailOperator):
             str(task.run.preprocess.path),
             cache_dir=task.cache_dir,
             parts=parts or None,
+            models_dir=str(task.pipeline.models.path),
         )
 
     def run_step(self, task: Task):

@@ -83,6 +83,10 @@ class UnknownCategoryError(DataError):
     """Too many values fall outside the vocabulary learned on the train split."""
 
 
+class DriftError(DataError):
+    """The data moved further from the model's training data than `data.drift` allows."""
+
+
 class TrainingError(ContrailError):
     """Training could not start or could not go on."""
 

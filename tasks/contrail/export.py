@@ -148,6 +148,8 @@ def _export_new_version(args, loaded, params, schema, serialized, fp, models: Mo
     try:
         write_saved_model(model, schema, staging.path)
         artifacts.write_json_atomic(staging.schema, schema)
+        # The version keeps its training statistics: later runs measure drift and skew against them.
+        shutil.copyfile(args.preprocess.stats, staging.stats)
         model_lib.save_warm_start(model, staging.warm_start)
         reference = _keras_outputs(model, model_lib.raw_features_from_serialized(serialized, schema), schema)
         parity = check_parity(staging.path, serialized, schema, reference)

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contrail import artifacts, data, serving
+from contrail import artifacts, data, drift, serving
 from contrail.errors import InferenceError, UnknownCategoryError, translate
 from contrail.layout import InferenceDir, ModelsLayout, expected_parts
 from contrail.progress import Progress
@@ -65,12 +65,15 @@ def run(args: InferenceArgs) -> InferenceResult:
     columns = data.required_columns(
         {n: spec.data.features[n] for n in features if n in spec.data.features}, None, spec.data.key
     )
+    kinds = {n: spec.data.features[n].type for n in features if n in spec.data.features}
+    summaries = []
     with step.staged() as staging:
         rows_in, outputs = 0, {}
         progress = _progress(files, spec.inference.format)
         for k, (i, path) in enumerate(numbered):
             table = data.read_table(path, spec.inference.format, columns)
             _check_categories(table, features, spec.data.max_oov_fraction, path)
+            summaries = [drift.merge_summaries([*summaries, drift.summarize(table, kinds)])]
             pieces = []
             for offset in range(0, max(table.num_rows, 1), SLICE_ROWS):  # slices: steady progress in big files
                 pieces.append(_score(model, table.slice(offset, SLICE_ROWS), schema, spec.inference.batch_size, path))
@@ -90,6 +93,8 @@ def run(args: InferenceArgs) -> InferenceResult:
             if progress.unit == "bytes":
                 progress.advance(path.size)
             log.info("Scored %s: %d rows (%d/%d files)", path.name, table.num_rows, k + 1, len(files))
+        skew = _skew(summaries, models.version(version).path, spec, ", ".join(str(f) for f in files))
+        artifacts.write_json_atomic(InferenceDir(staging).skew, skew)
         result = InferenceResult(
             step_dir=str(out.path),
             fingerprint=fp,
@@ -97,9 +102,24 @@ def run(args: InferenceArgs) -> InferenceResult:
             rows=rows_in,
             model_version=version,
         )
-        step.commit(staging, result, list(outputs), outputs)
+        step.commit(staging, result, [*outputs, out.skew.name], outputs)
     log.info("Wrote %d predictions with model version %d to %s", rows_in, version, out.path)
     return result
+
+
+def _skew(summaries: list[dict], version_dir: Path, spec, where: str) -> dict:
+    """The scored data against the scoring model's training statistics (`data.drift`)."""
+    baseline = drift.model_stats(version_dir)
+    return drift.compare(
+        summaries[0] if summaries else {},
+        None if baseline is None else baseline["features"],
+        None if spec.data.drift is None else spec.data.drift.model_dump(),
+        what="skew",
+        against=f"model v{version_dir.name}'s training data"
+        if baseline is not None
+        else f"model v{version_dir.name} keeps no statistics (exported before versions kept them)",
+        where=where or str(version_dir),
+    )
 
 
 def _progress(files: list[data.InputFile], fmt: str) -> Progress:

@@ -46,7 +46,9 @@ MODEL_INFO = "contrail.json"  # a model version's commit marker
 COMMIT_MARKERS = frozenset({MANIFEST, CHECKPOINT_STATE, MODEL_INFO})
 
 SCHEMA = "schema.json"  # in preprocess/ and in every model version
-STATS = "stats.json"
+STATS = "stats.json"  # in preprocess/ and in every model version (its train statistics)
+DRIFT = "drift.json"  # preprocess: this run's data against production's (contrail.drift)
+SKEW = "skew.json"  # batch inference: the scored data against the model's training data
 PART_PARTIALS = "partials.json"
 HISTORY = "history.jsonl"
 RUNNING = "running.json"
@@ -101,6 +103,10 @@ class PreprocessDir(StepDir):
     @property
     def stats(self) -> Path:
         return self.path / STATS
+
+    @property
+    def drift(self) -> Path:
+        return self.path / DRIFT
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,10 @@ class ExportDir(StepDir):
 @dataclass(frozen=True)
 class InferenceDir(StepDir):
     """Batch inference's folder, or with `inference.parallelism` N one part's."""
+
+    @property
+    def skew(self) -> Path:
+        return self.path / SKEW
 
     def part(self, part: int, parts: int) -> InferenceDir:
         return self if parts == 1 else InferenceDir(self.path / _part_name(part, parts, 3))
@@ -261,6 +271,10 @@ class VersionDir:
     @property
     def schema(self) -> Path:
         return self.path / SCHEMA
+
+    @property
+    def stats(self) -> Path:
+        return self.path / STATS
 
     @property
     def saved_model(self) -> Path:
@@ -362,6 +376,7 @@ class Reads:
     :param stable_inputs: upstream results whose files are read under a path that is the same
         for every attempt on every worker (tf.data writes the names of the files it reads into
         its checkpoints)
+    :param baseline_stats: production's training statistics, to measure drift against
     """
 
     steps: tuple[str, ...] = ()
@@ -369,6 +384,7 @@ class Reads:
     model_records: bool = False
     models: tuple[str, ...] = ()
     stable_inputs: tuple[str, ...] = ()
+    baseline_stats: bool = False  # production's training statistics (`<version>/stats.json`) alone
 
     def __post_init__(self) -> None:
         unknown = set(self.models) - {"production", "warm_start", "run", "scoring"}
@@ -382,7 +398,7 @@ class Reads:
 # What each task reads besides its run's records (see `Reads`).
 READS = {
     # Its own folder (a retry reuses it) and, as the fan-out's reduce, the parts' folders.
-    "preprocess": Reads(steps=("preprocess", "parts")),
+    "preprocess": Reads(steps=("preprocess", "parts"), baseline_stats=True),
     "preprocess_plan": Reads(steps=("preprocess",)),
     "preprocess_part": Reads(own_dir=True),
     # The examples (under a stable alias), its own folder (the checkpoints a retry resumes from),

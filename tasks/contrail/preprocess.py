@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from contrail import artifacts, cache, data, example_encoder, layout, spill, split, statistics, tfrecord
+from contrail import artifacts, cache, data, drift, example_encoder, layout, spill, split, statistics, tfrecord
 from contrail.errors import ArtifactError, CorruptRecordError, EmptyInputError, translating
-from contrail.layout import PartDir, PreprocessDir
+from contrail.layout import ModelsLayout, PartDir, PreprocessDir
 from contrail.progress import Progress
 from contrail.results import PartResult, PreprocessResult
 from contrail.spec import DataSpec, LoadedSpec, load_spec
@@ -56,6 +56,7 @@ class PreprocessArgs:
     step_dir: str
     cache_dir: str | None = None  # `<pipeline>/cache`: reuse another run's output for the same content
     parts: Sequence[str] | None = None  # fan-out: the folders `run_part` wrote, in file order
+    models_dir: str | None = None  # `<pipeline>/models`: production's statistics, to measure drift against
 
 
 @dataclass(frozen=True)
@@ -169,8 +170,8 @@ def run(args: PreprocessArgs) -> PreprocessResult:
     step = _step_run(args, fp, inputs)
     if (done := step.reusable()) is not None:
         return done
-    if (source := step.cached()) is not None:
-        return _from_cache(step, source)
+    if (cached := step.cached()) is not None:
+        return _from_cache(step, cached)
 
     with step.staged() as staging:
         if args.parts:
@@ -193,6 +194,7 @@ def run(args: PreprocessArgs) -> PreprocessResult:
             )
         schema, stats = statistics.merge_partials(part.partials, spec, loaded.spec.name)
         statistics.check_oov(stats, spec, source)
+        drifted = _drift(stats, spec, args.models_dir, source)
         packed = _packed(spec)
         schema["train_packing"] = {"feature": tfrecord.PACKED_FEATURE, "columns": packed} if packed else None
         # Train records go out in a seeded random order (bucket by bucket), so training can
@@ -214,6 +216,7 @@ def run(args: PreprocessArgs) -> PreprocessResult:
         staged = PreprocessDir(staging)
         artifacts.write_json_atomic(staged.schema, schema)
         artifacts.write_json_atomic(staged.stats, stats)
+        artifacts.write_json_atomic(staged.drift, drifted)
         result = PreprocessResult(
             step_dir=str(out.path),
             fingerprint=fp,
@@ -227,7 +230,7 @@ def run(args: PreprocessArgs) -> PreprocessResult:
             compression=spec.compression,
             parts=len(args.parts) if args.parts else None,
         )
-        step.commit(staging, result, [*outputs, out.schema.name, out.stats.name], outputs)
+        step.commit(staging, result, [*outputs, out.schema.name, out.stats.name, out.drift.name], outputs)
     for part_dir in args.parts or ():  # intermediate: the committed shards supersede them
         shutil.rmtree(part_dir, ignore_errors=True)
     log.info(
@@ -238,6 +241,23 @@ def run(args: PreprocessArgs) -> PreprocessResult:
         time.time() - step.started,
     )
     return result
+
+
+def _drift(stats: dict, spec: DataSpec, models_dir: str | None, source: str) -> dict:
+    """This run's train statistics against the production model's (`data.drift`)."""
+    models = ModelsLayout(Path(models_dir)) if models_dir else None
+    version = models.production_version() if models is not None else None
+    baseline = drift.model_stats(models.version(version).path) if version is not None else None
+    return drift.compare(
+        stats["features"],
+        None if baseline is None else baseline["features"],
+        None if spec.drift is None else spec.drift.model_dump(),
+        what="drift",
+        against=f"production model v{version}'s training data"
+        if baseline is not None
+        else ("no production model yet" if version is None else f"production v{version} keeps no statistics"),
+        where=source,
+    )
 
 
 # -- per file --------------------------------------------------------------------------------

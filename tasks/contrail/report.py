@@ -93,6 +93,8 @@ def collect(run_dir: Path, spec: Any | None = None) -> dict:
         "history": history.read_history(run.train.history) if run.train.history.is_file() else [],
         "stats": artifacts.read_json(run.preprocess.stats) if run.preprocess.stats.is_file() else None,
         "blessing": artifacts.read_json(run.export.blessing) if run.export.blessing.is_file() else None,
+        "drift": artifacts.read_json(run.preprocess.drift) if run.preprocess.drift.is_file() else None,
+        "skew": artifacts.read_json(run.inference.skew) if run.inference.skew.is_file() else None,
         "timings": {step: e["seconds"] for step, e in latest.items()},
         "reused": {step: e.get("reused", False) for step, e in latest.items()},
         "early_stopping": early.model_dump() if early is not None else None,
@@ -113,6 +115,7 @@ def render(info: dict) -> str:
         _plots(info),
         _blessing(info["blessing"]),
         _data(info["stats"], results.get("preprocess")),
+        _drift(info.get("drift"), info.get("skew")),
         _timings(info),
         _artifacts(info),
     ]
@@ -362,6 +365,32 @@ def _slice_table(blessing: dict) -> str:
         f'<table id="slices"><thead><tr><th>slice</th><th>rows</th><th>candidate {_e(metric)}</th>'
         f"<th>production {_e(metric)}</th><th>regression</th></tr></thead><tbody>{body}</tbody></table>"
     )
+
+
+VIOLATED = ' class="violated"'
+
+
+def _drift(*records: dict | None) -> str:
+    """Per feature, the distance of this run's data (drift) and of the scored data (skew) from
+    the model's training data, with the threshold when `data.drift` sets one."""
+    parts = []
+    for record in records:
+        if not record:
+            continue
+        rows = "".join(
+            f"<tr{VIOLATED if f['violated'] else ''}><td>{_e(name)}</td><td>{_e(f['measure'])}</td>"
+            f"<td>{_num(f['distance'], 4)}</td><td>{_num(f['threshold'])}</td>"
+            f"<td>{'yes' if f['violated'] else ''}</td></tr>"
+            for name, f in record["features"].items()
+        )
+        parts.append(
+            f"<h3>{_e(record['check'].capitalize())} against {_e(record['baseline'] or record.get('note', ''))}</h3>"
+            f'<table id="{_e(record["check"])}"><thead><tr><th>feature</th><th>measure</th><th>distance</th>'
+            f"<th>threshold</th><th>beyond</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    if not parts:
+        return ""
+    return '<section id="drift"><h2>Drift and skew</h2>' + "".join(parts) + "</section>"
 
 
 def _data(stats: dict | None, preprocess: PreprocessResult | None) -> str:

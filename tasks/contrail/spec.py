@@ -61,6 +61,16 @@ class SplitSpec(_Strict):
 Source = Annotated[str, Field(min_length=1)]
 
 
+class DriftSpec(_Strict):
+    """How far this run's train data (drift, at preprocess) or the data scored (skew, at batch
+    inference) may move from the production model's training data, per feature: L-infinity
+    distance for strings, Jensen-Shannon divergence for numbers (contrail.drift)."""
+
+    threshold: float = Field(default=0.1, gt=0.0, le=1.0)
+    per_feature: dict[str, Annotated[float, Field(gt=0.0, le=1.0)]] = {}
+    on_violation: Literal["warn", "fail"] = "warn"
+
+
 class DataSpec(_Strict):
     # A glob, or a list of globs read as one (a window of partitions: each may use macros).
     source: Source | Annotated[list[Source], Field(min_length=1)]
@@ -76,6 +86,8 @@ class DataSpec(_Strict):
     # > 1: preprocess maps over this many groups of input files (Airflow dynamic task mapping),
     # then a reduce merges their statistics and writes the shards: the same bytes as one task.
     parallelism: int = Field(default=1, ge=1, le=64)
+    # Checked against the production model's training statistics; unset: measured, not checked.
+    drift: DriftSpec | None = None
 
     @field_validator("features")
     @classmethod
@@ -94,6 +106,9 @@ class DataSpec(_Strict):
             raise ValueError(f"label column {self.label.column!r} must not also be a feature")
         if self.key is not None and (self.key in self.features or self.key == self.label.column):
             raise ValueError(f"key column {self.key!r} must not also be a feature or the label")
+        unknown = sorted(set(self.drift.per_feature) - set(self.features)) if self.drift else []
+        if unknown:
+            raise ValueError(f"drift.per_feature: expected features of data.features, found {', '.join(unknown)}")
         return self
 
 

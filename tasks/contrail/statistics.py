@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contrail import data
+from contrail import data, drift
 from contrail.errors import SchemaMismatchError, UnknownCategoryError
 from contrail.spec import DataSpec
 
@@ -45,6 +45,7 @@ def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
             out["features"][name] = {
                 "missing": int(np.isnan(data.float_values(column)).sum()),
                 **_moments(finite),
+                "histogram": drift.histogram(finite),
             }
     label = table.column(spec.label.column)
     if spec.label.task == "regression":
@@ -83,7 +84,11 @@ def combine_partials(partials: list[dict], spec: DataSpec) -> dict:
                 "eval_error": eval_error,
             }
         else:
-            out["features"][name] = {"missing": sum(p["missing"] for p in parts), **_merge_moments(parts)}
+            out["features"][name] = {
+                "missing": sum(p["missing"] for p in parts),
+                **_merge_moments(parts),
+                "histogram": drift.merge_histograms([p["histogram"] for p in parts]),
+            }
     labels = [p["label"] for p in partials]
     if "all" in labels[0]:  # regression
         out["label"] = {
@@ -214,6 +219,8 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
                 eval_cut_count=cut,
                 eval_cut_fraction=_share(cut, eval_total),
             )
+            # For drift checks against this model later (contrail.drift): train value counts.
+            stat.update(value_counts=drift.top_values(counts), value_total=train_total)
             if train_error or eval_error:  # more distinct values than the sketch holds
                 stat["sketch"] = {
                     "capacity": capacity,
@@ -226,7 +233,12 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
             std = math.sqrt(moments["m2"] / moments["n"]) if moments["n"] else 1.0
             entry.update(mean=mean, std=std if std > 1e-12 else 1.0)
             stat.update(
-                missing=sum(p["missing"] for p in parts), min=moments["min"], max=moments["max"], mean=mean, std=std
+                missing=sum(p["missing"] for p in parts),
+                min=moments["min"],
+                max=moments["max"],
+                mean=mean,
+                std=std,
+                histogram=drift.merge_histograms([p["histogram"] for p in parts]),  # train values, for drift
             )
         features.append(entry)
         feature_stats[name] = stat

@@ -61,6 +61,10 @@ def prepare(
         }
         for version in set().union(*(wanted[s] for s in reads.models)) - {None}:
             workspace.pull(pipeline.rel(models.version(version).path))
+    if reads.baseline_stats:
+        workspace.pull(pipeline.rel(models.production))
+        if (production := models.production_version()) is not None:
+            workspace.pull(pipeline.rel(models.version(production).path), include=(layout.STATS,))
     for name in reads.stable_inputs:
         # Each checkpoint holds the tf.data iterator's position, file names included: every
         # attempt reads these files under one name, whichever copy (or worker) it runs in.

@@ -100,6 +100,11 @@ class TestSpecInvalid:
                 id="slice-gate-without-slices",
             ),
             pytest.param(
+                {"data": {"drift": {"per_feature": {"bill_width_mm": 0.2}}}},
+                r"field 'data': .*drift\.per_feature: expected features of data\.features, found bill_width_mm",
+                id="drift-threshold-of-an-unknown-feature",
+            ),
+            pytest.param(
                 {"export": {"promote_if": {"confidence": 1.0}}},
                 r"field 'export\.promote_if\.confidence': expected less than 1",
                 id="confidence-of-one",
