@@ -422,9 +422,12 @@ def final(exc: ContrailError) -> ContrailError:
 
 def model_version(context: Context, export: Any) -> int | None:
     """The version to score with: the one production held after this run's export, else the
-    newest the triggering asset events name, else None (production now)."""
+    one the newest triggering asset event names (a promotion's, or a rollback's), else None
+    (production now; also after a first model that a gate kept from production)."""
     if isinstance(export, dict):
-        return int(export["production_version"])
+        version = export.get("production_version")
+        return None if version is None else int(version)
     events = context.get("triggering_asset_events") or {}
-    versions = [int(e.extra["version"]) for evs in events.values() for e in evs if "version" in (e.extra or {})]
-    return max(versions) if versions else None
+    named = [e for evs in events.values() for e in evs if "version" in (e.extra or {})]
+    newest = max(named, key=lambda e: e.timestamp, default=None)
+    return None if newest is None else int(newest.extra["version"])

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Decision:
-    decision: str  # first_model, better, not_better, below_threshold, slice_regression or forced
+    decision: str  # first_model, better, not_better, below_threshold, slice_regression or forced (rolled_back: contrail.rollback)
     promoted: bool
     reason: str
 
@@ -154,12 +154,12 @@ def promote(
             return {**current["blessing"], "promoted": True}
         candidate_outputs = candidate.predict_batches(eval_batches())
         candidate_score = evaluation.score(candidate_outputs, targets, task, extra, classes)
-        production_score, note, schema_change, bootstrap = None, None, None, None
+        production_score, note, changed, bootstrap = None, None, None, None
         production_outputs = None
         if current is not None:
             production, note = _load_production(models, current, candidate.version, force)
             if production is not None:
-                schema_change = _schema_change(production.schema, candidate.schema)
+                changed = schema_change(production.schema, candidate.schema)
                 try:
                     production_outputs = production.predict_batches(eval_batches())
                 except Exception as exc:  # broad: TF raises its own types when the schema changed shape
@@ -213,10 +213,8 @@ def promote(
             slices=slices,
         )
         reason = decision.reason
-        if schema_change:
-            reason += (
-                f"; the schema changed ({_describe_change(schema_change)}), so both were scored on this run's eval data"
-            )
+        if changed:
+            reason += f"; the schema changed ({describe_change(changed)}), so both were scored on this run's eval data"
         blessing = {
             "decision": decision.decision,
             "promoted": decision.promoted,
@@ -235,7 +233,7 @@ def promote(
             "thresholds": dict(rule.get("thresholds") or {}),
             "eval_rows": int(len(targets)),
             "compared_on": f"the whole eval split of run {run_key} ({len(targets)} rows), scored by both models",
-            "schema_change": schema_change,
+            "schema_change": changed,
             "note": note,
             "run_key": run_key,
             "time": time.time(),
@@ -292,7 +290,7 @@ def read_production(path: Path) -> dict | None:
         ) from exc
 
 
-def _schema_change(old: dict, new: dict) -> dict | None:
+def schema_change(old: dict, new: dict) -> dict | None:
     """Features added, removed or retyped between the production model and the candidate."""
     before = {f["name"]: f["type"] for f in old["features"]}
     after = {f["name"]: f["type"] for f in new["features"]}
@@ -304,6 +302,6 @@ def _schema_change(old: dict, new: dict) -> dict | None:
     return change if any(change.values()) else None
 
 
-def _describe_change(change: dict) -> str:
+def describe_change(change: dict) -> str:
     parts = [f"{kind} {', '.join(names)}" for kind, names in change.items() if names]
     return "; ".join(parts)

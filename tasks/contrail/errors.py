@@ -10,7 +10,8 @@
     │   ├── SchemaMismatchError   a missing column, a wrong type, NaN/null where not allowed, a wrong class count
     │   ├── EmptyInputError       no files, zero rows, a header-only CSV, an empty split
     │   ├── CorruptRecordError    a TFRecord or Parquet file that cannot be read back whole
-    │   └── UnknownCategoryError  out-of-vocabulary values beyond the spec's tolerance
+    │   ├── UnknownCategoryError  out-of-vocabulary values beyond the spec's tolerance
+    │   └── DriftError            a feature further from the model's training data than data.drift allows
     ├── TrainingError             build_fn failures, wrong output shape, NaN loss, bad monitor
     │   └── LeaseLostError        another attempt took this training over: this one stops, publishing nothing
     ├── ExportError               a SavedModel that fails its parity or reload check
