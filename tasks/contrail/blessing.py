@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,6 +131,21 @@ class EvalSplit:
     columns: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
+RESCORES = 3  # times production may move while the blessing scores, before it scores under the lock
+
+
+@dataclass
+class _Comparison:
+    """Production's side of a blessing, scored against one `production.json` record."""
+
+    current: dict | None
+    production_score: dict | None = None
+    production_outputs: dict | None = None
+    note: str | None = None
+    changed: dict | None = None
+    bootstrap: evaluation.Bootstrap | None = None
+
+
 def promote(
     models: ModelsLayout,
     candidate: serving.LoadedModel,
@@ -140,116 +157,205 @@ def promote(
     run_key: str = "",
 ) -> dict:
     """Bless the candidate if it beats production on the whole eval split; always say why.
-    `evaluate` is the spec's `evaluate` section: more metrics, and slices."""
+    `evaluate` is the spec's `evaluate` section: more metrics, and slices.
+
+    Scoring (minutes on a large split with a bootstrap) runs outside the promotion lock; under
+    it, `production.json` is read again, and if another promotion or a rollback moved it in the
+    meantime, production's side is scored again. After `RESCORES` such moves, the last try
+    scores under the lock."""
     task = candidate.schema["label"]["task"]
-    metric, mode = rule["metric"], metric_mode(rule["metric"], rule["mode"])
     evaluate = evaluate or {}
     extra, classes = evaluate.get("metrics", ()), candidate.schema["label"].get("classes", ())
-    targets = split.targets
-    eval_batches = split.batches
-    with promotion_lock(models):
+    candidate_outputs = candidate.predict_batches(split.batches())
+    candidate_score = evaluation.score(candidate_outputs, split.targets, task, extra, classes)
+    for _ in range(RESCORES):
         current = read_production(models.production)
-        if current is not None and int(current["version"]) == candidate.version:
+        if _version(current) == candidate.version:
             log.info("Version %d is already production", candidate.version)
             return {**current["blessing"], "promoted": True}
-        candidate_outputs = candidate.predict_batches(eval_batches())
-        candidate_score = evaluation.score(candidate_outputs, targets, task, extra, classes)
-        production_score, note, changed, bootstrap = None, None, None, None
-        production_outputs = None
-        if current is not None:
-            production, note = _load_production(models, current, candidate.version, force)
-            if production is not None:
-                changed = schema_change(production.schema, candidate.schema)
-                try:
-                    production_outputs = production.predict_batches(eval_batches())
-                except Exception as exc:  # broad: TF raises its own types when the schema changed shape
-                    note = f"production v{current['version']} cannot score this run's eval data ({type(exc).__name__})"
-                else:
-                    production_score = evaluation.score(production_outputs, targets, task, extra, classes)
-                    if rule.get("confidence") and not force:
-                        started = time.perf_counter()
-                        bootstrap = evaluation.paired_bootstrap(
-                            candidate_outputs,
-                            production_outputs,
-                            targets,
-                            task,
-                            metric,
-                            mode,
-                            samples=rule["bootstrap_samples"],
-                            seed=rule["seed"],
-                            confidence=rule["confidence"],
-                        )
-                        log.info(
-                            "Bootstrap of %s over %d resamples of %d rows in %.1fs: improvement %.4g, [%.4g, %.4g]",
-                            metric,
-                            bootstrap.samples,
-                            bootstrap.rows,
-                            time.perf_counter() - started,
-                            bootstrap.improvement,
-                            bootstrap.lower,
-                            bootstrap.upper,
-                        )
-        slices = evaluation.slice_scores(
+        compared = _compare(models, current, candidate, candidate_outputs, split, rule, evaluate, force)
+        with promotion_lock(models):
+            now = read_production(models.production)
+            if _version(now) == _version(current):
+                return _decide_and_record(
+                    models,
+                    candidate,
+                    candidate_outputs,
+                    candidate_score,
+                    compared,
+                    split,
+                    rule,
+                    evaluate,
+                    force,
+                    run_key,
+                )
+        log.info("Production moved from v%s to v%s while scoring; scoring again", _version(current), _version(now))
+    with promotion_lock(models):  # production keeps moving: score under the lock this time
+        current = read_production(models.production)
+        if _version(current) == candidate.version:
+            return {**current["blessing"], "promoted": True}
+        compared = _compare(models, current, candidate, candidate_outputs, split, rule, evaluate, force)
+        return _decide_and_record(
+            models, candidate, candidate_outputs, candidate_score, compared, split, rule, evaluate, force, run_key
+        )
+
+
+def _version(record: dict | None) -> int | None:
+    return None if record is None else int(record["version"])
+
+
+def _compare(
+    models: ModelsLayout,
+    current: dict | None,
+    candidate: serving.LoadedModel,
+    candidate_outputs: dict,
+    split: EvalSplit,
+    rule: Mapping,
+    evaluate: Mapping,
+    force: bool,
+) -> _Comparison:
+    """Score production (named by `current`) on the same rows, and bootstrap the difference."""
+    compared = _Comparison(current)
+    if current is None:
+        return compared
+    production, compared.note = _load_production(models, current, candidate.version, force)
+    if production is None:
+        return compared
+    compared.changed = schema_change(production.schema, candidate.schema)
+    if compared.changed and compared.changed.get("label_classes"):
+        compared.note = (
+            f"production v{current['version']} predicts other label classes "
+            f"({describe_change({'label_classes': compared.changed['label_classes']})}), so its scores cannot be compared"
+        )
+        return compared
+    task = candidate.schema["label"]["task"]
+    try:
+        outputs = production.predict_batches(split.batches())
+        compared.production_score = evaluation.score(
+            outputs, split.targets, task, evaluate.get("metrics", ()), candidate.schema["label"].get("classes", ())
+        )
+    except Exception as exc:  # broad: TF raises its own types when the schema changed shape
+        compared.note = f"production v{current['version']} cannot score this run's eval data ({type(exc).__name__})"
+        return compared
+    compared.production_outputs = outputs
+    if rule.get("confidence") and not force:
+        metric, mode = rule["metric"], metric_mode(rule["metric"], rule["mode"])
+        started = time.perf_counter()
+        compared.bootstrap = evaluation.paired_bootstrap(
             candidate_outputs,
-            production_outputs if production_score is not None else None,
-            targets,
+            outputs,
+            split.targets,
             task,
-            split.columns,
-            [tuple(k) if not isinstance(k, str) else (k,) for k in evaluate.get("slices", ())],
-            metric=metric,
-            mode=mode,
-            min_count=evaluate.get("min_count", 30),
-            extra=extra,
-            classes=classes,
+            metric,
+            mode,
+            samples=rule["bootstrap_samples"],
+            seed=rule["seed"],
+            confidence=rule["confidence"],
         )
-        decision = decide(
-            candidate_score,
-            production_score,
-            rule,
-            production_version=int(current["version"]) if current else None,
-            force=force,
-            note=note,
-            bootstrap=bootstrap,
-            slices=slices,
+        b = compared.bootstrap
+        log.info(
+            "Bootstrap of %s over %d resamples of %d rows in %.1fs: improvement %.4g, [%.4g, %.4g]",
+            metric,
+            b.samples,
+            b.rows,
+            time.perf_counter() - started,
+            b.improvement,
+            b.lower,
+            b.upper,
         )
-        reason = decision.reason
-        if changed:
-            reason += f"; the schema changed ({describe_change(changed)}), so both were scored on this run's eval data"
-        blessing = {
-            "decision": decision.decision,
-            "promoted": decision.promoted,
-            "reason": reason,
-            "metric": metric,
-            "mode": mode,
-            "candidate_version": candidate.version,
-            "candidate_score": candidate_score,
-            "production_version": candidate.version
-            if decision.promoted
-            else (int(current["version"]) if current else None),
-            "previous_version": int(current["version"]) if current else None,
-            "production_score": production_score,
-            "bootstrap": bootstrap.to_json() if bootstrap else None,
-            "slices": slices,
-            "thresholds": dict(rule.get("thresholds") or {}),
-            "eval_rows": int(len(targets)),
-            "compared_on": f"the whole eval split of run {run_key} ({len(targets)} rows), scored by both models",
-            "schema_change": changed,
-            "note": note,
-            "run_key": run_key,
-            "time": time.time(),
+    return compared
+
+
+def _decide_and_record(
+    models: ModelsLayout,
+    candidate: serving.LoadedModel,
+    candidate_outputs: dict,
+    candidate_score: dict,
+    compared: _Comparison,
+    split: EvalSplit,
+    rule: Mapping,
+    evaluate: Mapping,
+    force: bool,
+    run_key: str,
+) -> dict:
+    """Under the lock: slices, the decision, the blessing record, and `production.json` moved
+    for a promotion."""
+    task = candidate.schema["label"]["task"]
+    metric, mode = rule["metric"], metric_mode(rule["metric"], rule["mode"])
+    current, targets = compared.current, split.targets
+    slices = evaluation.slice_scores(
+        candidate_outputs,
+        compared.production_outputs,
+        targets,
+        task,
+        split.columns,
+        [tuple(k) if not isinstance(k, str) else (k,) for k in evaluate.get("slices", ())],
+        metric=metric,
+        mode=mode,
+        min_count=evaluate.get("min_count", 30),
+        extra=evaluate.get("metrics", ()),
+        classes=candidate.schema["label"].get("classes", ()),
+    )
+    decision = decide(
+        candidate_score,
+        compared.production_score,
+        rule,
+        production_version=_version(current),
+        force=force,
+        note=compared.note,
+        bootstrap=compared.bootstrap,
+        slices=slices,
+    )
+    reason = decision.reason
+    if compared.changed:
+        reason += (
+            f"; the schema changed ({describe_change(compared.changed)}), so both were scored on this run's eval data"
+        )
+    bootstrap = compared.bootstrap
+    blessing = {
+        "decision": decision.decision,
+        "promoted": decision.promoted,
+        "reason": reason,
+        "metric": metric,
+        "mode": mode,
+        "candidate_version": candidate.version,
+        "candidate_score": candidate_score,
+        "production_version": candidate.version if decision.promoted else _version(current),
+        "previous_version": _version(current),
+        "production_score": compared.production_score,
+        "bootstrap": bootstrap.to_json() if bootstrap else None,
+        "slices": _finite(slices),
+        "thresholds": dict(rule.get("thresholds") or {}),
+        "eval_rows": int(len(targets)),
+        "compared_on": f"the whole eval split of run {run_key} ({len(targets)} rows), scored by both models",
+        "schema_change": compared.changed,
+        "note": compared.note,
+        "run_key": run_key,
+        "time": time.time(),
+    }
+    if decision.promoted:
+        entry = {k: blessing[k] for k in ("decision", "candidate_version", "previous_version", "time")}
+        if bootstrap:
+            entry["bootstrap"] = {k: blessing["bootstrap"][k] for k in ("metric", "improvement", "lower", "upper")}
+        record = {
+            "version": candidate.version,
+            "path": str(models.version(candidate.version).path),
+            "blessing": blessing,
+            "history": [*(current or {}).get("history", []), entry],
         }
-        if decision.promoted:
-            entry = {k: blessing[k] for k in ("decision", "candidate_version", "previous_version", "time")}
-            if bootstrap:
-                entry["bootstrap"] = {k: blessing["bootstrap"][k] for k in ("metric", "improvement", "lower", "upper")}
-            record = {
-                "version": candidate.version,
-                "path": str(models.version(candidate.version).path),
-                "blessing": blessing,
-                "history": [*(current or {}).get("history", []), entry],
-            }
-            artifacts.write_json_atomic(models.production, record)
-        return blessing
+        artifacts.write_json_atomic(models.production, record)
+    return blessing
+
+
+def _finite(value: Any) -> Any:
+    """NaN (a slice's AUC when it holds one class) as null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _load_production(
@@ -291,7 +397,8 @@ def read_production(path: Path) -> dict | None:
 
 
 def schema_change(old: dict, new: dict) -> dict | None:
-    """Features added, removed or retyped between the production model and the candidate."""
+    """Features added, removed or retyped between the production model and the candidate, and
+    label classes that differ (then their class indices do not mean the same)."""
     before = {f["name"]: f["type"] for f in old["features"]}
     after = {f["name"]: f["type"] for f in new["features"]}
     change = {
@@ -299,9 +406,19 @@ def schema_change(old: dict, new: dict) -> dict | None:
         "removed": sorted(set(before) - set(after)),
         "retyped": sorted(n for n in set(before) & set(after) if before[n] != after[n]),
     }
+    old_classes, new_classes = old["label"].get("classes"), new["label"].get("classes")
+    if old_classes != new_classes:
+        change["label_classes"] = [old_classes, new_classes]
     return change if any(change.values()) else None
 
 
 def describe_change(change: dict) -> str:
-    parts = [f"{kind} {', '.join(names)}" for kind, names in change.items() if names]
+    parts = []
+    for kind, names in change.items():
+        if not names:
+            continue
+        if kind == "label_classes":
+            parts.append(f"label classes {names[0]} -> {names[1]}")
+        else:
+            parts.append(f"{kind} {', '.join(names)}")
     return "; ".join(parts)

@@ -14,6 +14,8 @@ The divergence is taken over `GROUPS` bins of equal mass in the baseline, made b
 adjacent grid bins, so that it measures a moved distribution, not the noise of sparse bins.
 Strings are summarized by their `TOP_VALUES` most frequent train values; the distance is exact
 when there are fewer, and otherwise may miss a shift among values rarer than the last one kept.
+The scored data's counts are merged file by file keeping the `MERGE_VALUES` most frequent, so a
+value rare in early files and frequent later may be undercounted.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 GRID_WIDTH = 0.02
 GROUPS = 20
 TOP_VALUES = 1_000
+MERGE_VALUES = 20 * TOP_VALUES  # the scored data's value counts kept between files
 
 
 # -- summaries --------------------------------------------------------------------------------
@@ -85,7 +88,11 @@ def merge_summaries(parts: Sequence[dict]) -> dict:
             counts: Counter = Counter()
             for p in pieces:
                 counts.update(p["value_counts"])
-            out[name] = {"value_counts": dict(counts), "value_total": sum(p["value_total"] for p in pieces)}
+            # Bounded: the most frequent MERGE_VALUES values are kept (see the module doc).
+            out[name] = {
+                "value_counts": dict(counts.most_common(MERGE_VALUES)),
+                "value_total": sum(p["value_total"] for p in pieces),
+            }
     return out
 
 
@@ -182,14 +189,16 @@ def compare(
     measured = distances(current, baseline)
     features, violations = {}, []
     for name, entry in measured.items():
-        threshold = None if rule is None else rule.get("per_feature", {}).get(name, rule["threshold"])
+        own = rule is not None and name in rule.get("per_feature", {})
+        threshold = None if rule is None else rule["per_feature"][name] if own else rule["threshold"]
         violated = threshold is not None and entry["distance"] is not None and entry["distance"] > threshold
         features[name] = {**entry, "threshold": threshold, "violated": violated}
         if violated:
             measure = "L-infinity distance" if entry["measure"] == "linf" else "Jensen-Shannon divergence"
+            field = f"data.drift.per_feature.{name}" if own else "data.drift.threshold"
             violations.append(
                 f"feature {name!r}: {measure} {entry['distance']:.4f} from {against}, above the threshold "
-                f"{threshold} (data.drift)"
+                f"{threshold} ({field})"
             )
     record = {"check": what, "baseline": against, "features": features, "violations": violations}
     if violations:

@@ -70,6 +70,7 @@ def run(args: ExportArgs) -> ExportResult:
             "step": STEP,
             "best": args.best.fingerprint,
             "promote_if": loaded.spec.export.promote_if.model_dump(),
+            "evaluate": loaded.spec.evaluate.model_dump(),
             "force_promote": args.force_promote,
         }
     )
@@ -90,7 +91,16 @@ def run(args: ExportArgs) -> ExportResult:
     sample = evaluation.stratified_sample(targets, schema["label"]["task"], PARITY_ROWS, loaded.spec.train.seed)
     serialized = _rows(eval_batches(), sample)
     models.path.mkdir(parents=True, exist_ok=True)
-    version = next((v for v, info in models.versions_of_run(args.run_key) if info.get("fingerprint") == fp), None)
+    # The version this run already published from the same checkpoint and params (a retry, or a
+    # rerun with other promotion settings): published once, blessed again.
+    version = next(
+        (
+            v
+            for v, info in models.versions_of_run(args.run_key)
+            if info.get("checkpoint") == str(Path(args.best.checkpoint_path)) and info.get("params") == params
+        ),
+        None,
+    )
     if version is None:
         version, parity = _export_new_version(args, loaded, params, schema, serialized, fp, models)
     else:

@@ -46,7 +46,9 @@ def run(args: InferenceArgs) -> InferenceResult:
     version = args.version if args.version is not None else models.production_version()
     if version is None:
         raise InferenceError(
-            f"{models.production}: expected a production model, found none", path=str(models.production)
+            f"{models.production}: expected a production model, found none (nothing was promoted yet; a first "
+            "model outside export.promote_if.thresholds is published but not promoted)",
+            path=str(models.production),
         )
     every = data.resolve_files(args.source, field=f"{loaded.path.name}: inference.source")
     numbered = list(enumerate(every))[args.part :: args.parts]
@@ -54,7 +56,15 @@ def run(args: InferenceArgs) -> InferenceResult:
     if not files:
         log.info("Part %d of %d: %d file(s) in all, none for this part", args.part, args.parts, len(every))
     inputs = data.fingerprints(files)
-    fp = artifacts.fingerprint({"step": STEP, "version": version, "inputs": inputs, "key": spec.data.key})
+    fp = artifacts.fingerprint(
+        {
+            "step": STEP,
+            "version": version,
+            "inputs": inputs,
+            "key": spec.data.key,
+            "drift": None if spec.data.drift is None else spec.data.drift.model_dump(),
+        }
+    )
     step = StepRun(STEP, InferenceResult, out.path, fp, inputs)
     if (done := step.reusable()) is not None:
         return done
@@ -93,7 +103,8 @@ def run(args: InferenceArgs) -> InferenceResult:
             if progress.unit == "bytes":
                 progress.advance(path.size)
             log.info("Scored %s: %d rows (%d/%d files)", path.name, table.num_rows, k + 1, len(files))
-        skew = _skew(summaries, models.version(version).path, spec, ", ".join(str(f) for f in files))
+        source = args.source if isinstance(args.source, str) else ", ".join(args.source)
+        skew = _skew(summaries, models.version(version).path, spec, source)
         artifacts.write_json_atomic(InferenceDir(staging).skew, skew)
         result = InferenceResult(
             step_dir=str(out.path),

@@ -171,7 +171,7 @@ def run(args: PreprocessArgs) -> PreprocessResult:
     if (done := step.reusable()) is not None:
         return done
     if (cached := step.cached()) is not None:
-        return _from_cache(step, cached)
+        return _from_cache(step, cached, spec, args.models_dir, source)
 
     with step.staged() as staging:
         if args.parts:
@@ -350,12 +350,21 @@ def _packed(spec: DataSpec) -> list[str]:
     return names if len(names) >= 2 else []
 
 
-def _from_cache(step: StepRun[PreprocessResult], source: Path) -> PreprocessResult:
-    """This run's output, hard-linked from an earlier run's with the same content fingerprint."""
+def _from_cache(
+    step: StepRun[PreprocessResult], source: Path, spec: DataSpec, models_dir: str | None, data_source: str
+) -> PreprocessResult:
+    """This run's output, hard-linked from an earlier run's with the same content fingerprint.
+    Drift is measured again: production may have changed since that run."""
     earlier = PreprocessResult.from_xcom(artifacts.read_manifest(source)["result"], source=str(source))
     out = PreprocessDir(step.step_dir)
     with step.staged() as staging:
         entries = cache.link_outputs(source, staging)
+        staged = PreprocessDir(staging)
+        drifted = _drift(artifacts.read_json(staged.stats), spec, models_dir, data_source)
+        staged.drift.unlink(missing_ok=True)  # a hard link to the earlier run's record: replace, never write through
+        artifacts.write_json_atomic(staged.drift, drifted)
+        entries = [e for e in entries if e["path"] != layout.DRIFT]
+        entries += artifacts.describe_outputs(staging, [layout.DRIFT], None)
         result = earlier.replace(
             step_dir=str(out.path),
             schema=str(out.schema),

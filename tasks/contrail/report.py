@@ -94,7 +94,7 @@ def collect(run_dir: Path, spec: Any | None = None) -> dict:
         "stats": artifacts.read_json(run.preprocess.stats) if run.preprocess.stats.is_file() else None,
         "blessing": artifacts.read_json(run.export.blessing) if run.export.blessing.is_file() else None,
         "drift": artifacts.read_json(run.preprocess.drift) if run.preprocess.drift.is_file() else None,
-        "skew": artifacts.read_json(run.inference.skew) if run.inference.skew.is_file() else None,
+        "skew": _skews(run),
         "timings": {step: e["seconds"] for step, e in latest.items()},
         "reused": {step: e.get("reused", False) for step, e in latest.items()},
         "early_stopping": early.model_dump() if early is not None else None,
@@ -308,7 +308,13 @@ def _blessing(blessing: dict | None) -> str:
             f'<span id="production-score">{_num(production)}</span>',
             None,
         ),
-        ("Production version now", str(blessing["production_version"]), None),
+        (
+            "Production version now",
+            "none: nothing promoted yet"
+            if blessing["production_version"] is None
+            else str(blessing["production_version"]),
+            None,
+        ),
     ]
     if bootstrap := blessing.get("bootstrap"):
         rows.append(
@@ -370,11 +376,23 @@ def _slice_table(blessing: dict) -> str:
 VIOLATED = ' class="violated"'
 
 
-def _drift(*records: dict | None) -> str:
+def _skews(run: RunLayout) -> list[dict]:
+    """Batch inference's skew records: the step's, or with inference.parallelism each part's
+    (each part measures the files it scores)."""
+    if run.inference.skew.is_file():
+        return [artifacts.read_json(run.inference.skew)]
+    return [
+        {**artifacts.read_json(p.skew), "title": f"Skew of {p.path.name}"}
+        for p in run.inference.parts()
+        if p.skew.is_file()
+    ]
+
+
+def _drift(drift: dict | None, skews: list[dict] | None) -> str:
     """Per feature, the distance of this run's data (drift) and of the scored data (skew) from
     the model's training data, with the threshold when `data.drift` sets one."""
     parts = []
-    for record in records:
+    for record in [drift, *(skews or [])]:
         if not record:
             continue
         rows = "".join(
@@ -384,7 +402,8 @@ def _drift(*records: dict | None) -> str:
             for name, f in record["features"].items()
         )
         parts.append(
-            f"<h3>{_e(record['check'].capitalize())} against {_e(record['baseline'] or record.get('note', ''))}</h3>"
+            f"<h3>{_e(record.get('title', record['check'].capitalize()))} against "
+            f"{_e(record['baseline'] or record.get('note', ''))}</h3>"
             f'<table id="{_e(record["check"])}"><thead><tr><th>feature</th><th>measure</th><th>distance</th>'
             f"<th>threshold</th><th>beyond</th></tr></thead><tbody>{rows}</tbody></table>"
         )

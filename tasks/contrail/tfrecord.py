@@ -97,7 +97,7 @@ def iter_serialized(files: Sequence[str], *, compression: str, batch_size: int =
         try:
             for batch in ds.batch(batch_size).prefetch(1).with_options(options):
                 yield batch.numpy()
-        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as exc:
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as exc:
             raise translate(
                 exc,
                 CorruptRecordError,

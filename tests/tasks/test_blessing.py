@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from contrail.blessing import decide
+from contrail.blessing import decide, describe_change, schema_change
 from contrail.evaluation import Bootstrap
 
 RULE = {"metric": "val_accuracy", "mode": "auto", "min_improvement": 0.01}
@@ -72,3 +72,17 @@ def test_with_a_confidence_the_lower_bound_decides(lower, expected):
     )
     assert (decision.decision, decision.promoted) == expected
     assert "95% lower bound" in decision.reason and "1000 paired resamples of 500 rows" in decision.reason
+
+
+def test_other_label_classes_are_a_schema_change_that_prevents_comparing():
+    old = {"features": [{"name": "x", "type": "float"}], "label": {"classes": ["a", "b", "c"]}}
+    new = {"features": [{"name": "x", "type": "float"}], "label": {"classes": ["a", "b", "c", "d"]}}
+    change = schema_change(old, new)
+    assert change == {
+        "added": [],
+        "removed": [],
+        "retyped": [],
+        "label_classes": [["a", "b", "c"], ["a", "b", "c", "d"]],
+    }
+    assert describe_change(change) == "label classes ['a', 'b', 'c'] -> ['a', 'b', 'c', 'd']"
+    assert schema_change(old, old) is None

@@ -67,6 +67,15 @@ def test_compare_warns_or_fails_as_configured(caplog):
         drift.compare(
             current, baseline, {**rule, "on_violation": "fail"}, what="drift", against="v1", where="data/*.parquet"
         )
+    with pytest.raises(DriftError, match=r"above the threshold 0\.5 \(data\.drift\.per_feature\.x\)$"):
+        drift.compare(
+            current,
+            baseline,
+            {**rule, "per_feature": {"x": 0.5}, "on_violation": "fail"},
+            what="drift",
+            against="v1",
+            where="d",
+        )
     unchecked = drift.compare(current, baseline, None, what="drift", against="v1", where="d")
     assert unchecked["violations"] == [] and unchecked["features"]["x"]["threshold"] is None
 
@@ -129,7 +138,7 @@ def test_a_shifted_feature_fails_preprocess_when_configured(production, penguins
     with pytest.raises(
         DriftError,
         match=r"^\S+/heavy/\*\.parquet: drift: feature 'body_mass_g': Jensen-Shannon divergence 0\.\d+ "
-        r"from production model v1's training data, above the threshold 0\.1 \(data\.drift\)$",
+        r"from production model v1's training data, above the threshold 0\.1 \(data\.drift\.threshold\)$",
     ) as info:
         _preprocess(spec, heavy, tmp_path / "pre", production)
     assert info.value.field == "data.drift" and not info.value.retryable
@@ -163,3 +172,29 @@ def test_skew_of_the_scored_data_warns_or_fails(production, penguins_run, pengui
     with pytest.raises(DriftError, match=r"skew: feature 'body_mass_g': Jensen-Shannon divergence"):
         score("fail", heavy, "failed")
     assert not (tmp_path / "failed" / "manifest.json").exists()
+
+
+def test_a_content_cache_hit_measures_drift_again(production, penguins_dir, tmp_path):
+    spec = spec_variant(tmp_path / "spec", {"data": {"drift": {"threshold": 0.1}}}, data_dir=penguins_dir)
+    heavy = _shifted(penguins_dir / "penguins", tmp_path / "heavy", 1.5)
+
+    def run(step: str, models: Path):
+        return preprocess.run(
+            preprocess.PreprocessArgs(
+                str(spec),
+                str(heavy / "*.parquet"),
+                str(tmp_path / step),
+                cache_dir=str(tmp_path / "cache"),
+                models_dir=str(models),
+            )
+        )
+
+    first = run("first", tmp_path / "no-models-yet")
+    assert artifacts.read_json(Path(first.step_dir) / "drift.json")["baseline"] is None
+    second = run("second", production)
+    assert second.cache_hit
+    record = artifacts.read_json(Path(second.step_dir) / "drift.json")
+    assert record["features"]["body_mass_g"]["violated"]
+    assert (
+        artifacts.read_json(Path(first.step_dir) / "drift.json")["baseline"] is None
+    )  # the link was not written through

@@ -210,3 +210,12 @@ def test_a_regressed_slice_blocks_a_candidate_better_overall(runs, tmp_path):
     for name, s in slices.items():
         assert f"<tr><td>{name}</td><td>{s['rows']:,}</td>" in gated["report"]
     assert "<td>val_precision</td>" in gated["report"]
+
+
+def test_a_rerun_with_other_promotion_settings_blesses_again_without_publishing_twice(runs, tmp_path):
+    models = tmp_path / "models"
+    first = run_export(runs["large"], models, "r1", tmp_path / "export")
+    gated = _with_rule(runs["large"], tmp_path / "spec", thresholds={"val_auc": {"min": 0.99}})
+    again = run_export(gated, models, "r1", tmp_path / "export")  # same run, same folder: a rerun
+    assert (first.version, again.version) == (1, 1) and ModelsLayout(models).versions() == [1]
+    assert again.fingerprint != first.fingerprint  # blessed again under the new settings
