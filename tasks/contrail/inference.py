@@ -201,8 +201,8 @@ def _check_categories(table: pa.Table, features: dict, tolerance: float, path: d
     The model keeps its vocabulary, not every train value, so the cut's share is the train
     split's (`cut_fraction` in the schema), an estimate of the share it has here."""
     for name, feature in features.items():
-        if feature["type"] != "string":
-            continue
+        if feature["type"] != "string" or (feature.get("encoding") or {}).get("kind") == "hashed":
+            continue  # a hashed feature has no vocabulary to leave: any value gets a bin
         known = set(feature["vocabulary"])
         values = [v for v in table.column(name).to_pylist() if v not in (None, "")]
         unknown = [v for v in values if v not in known]

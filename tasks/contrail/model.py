@@ -54,6 +54,46 @@ class NumericEncoder(keras.layers.Layer):
         return {**super().get_config(), "mean": self.mean, "std": self.std, "is_int": self.is_int}
 
 
+class ImputeMissing(keras.layers.Layer):
+    """A raw number [B] as float32, its missing values (NaN, or an int's missing marker) as `fill`."""
+
+    def __init__(self, fill: float, is_int: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.fill, self.is_int = float(fill), is_int
+
+    def call(self, x):
+        missing = ops.equal(x, INT_MISSING) if self.is_int else None
+        x = ops.cast(x, "float32")
+        missing = missing if self.is_int else ops.logical_not(ops.isfinite(x))
+        return ops.where(missing, self.fill, x)
+
+    def get_config(self):
+        return {**super().get_config(), "fill": self.fill, "is_int": self.is_int}
+
+
+class LogEncoder(keras.layers.Layer):
+    """sign(x)·log10(1 + |x|), standardized with its train moments; missing → the train mean: [B] → [B, 1]."""
+
+    def __init__(self, mean: float, log_mean: float, log_std: float, is_int: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.mean, self.log_mean, self.log_std, self.is_int = float(mean), float(log_mean), float(log_std), is_int
+        self.impute = ImputeMissing(mean, is_int)
+
+    def call(self, x):
+        x = self.impute(x)
+        t = ops.sign(x) * ops.log(1.0 + ops.abs(x)) / math.log(10.0)
+        return ops.expand_dims((t - self.log_mean) / self.log_std, -1)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "mean": self.mean,
+            "log_mean": self.log_mean,
+            "log_std": self.log_std,
+            "is_int": self.is_int,
+        }
+
+
 def load_build_fn(loaded: LoadedSpec) -> Callable[[dict, dict], Any]:
     """Import `model.build_fn` (module:function), looking beside the spec first."""
     spec = loaded.spec.model
@@ -89,17 +129,9 @@ def build_model(schema: dict, loaded: LoadedSpec, params: dict, build_fn: Callab
     for feature in schema["features"]:
         name, kind = feature["name"], feature["type"]
         inputs[name] = keras.Input(shape=(), dtype=_DTYPES[kind].name, name=name)
-        if kind == "string":
-            encoded[name] = keras.layers.StringLookup(
-                vocabulary=feature["vocabulary"] or ["<none>"],
-                num_oov_indices=1,
-                output_mode="one_hot",
-                name=f"encode_{name}",
-            )(inputs[name])
-        else:
-            encoded[name] = NumericEncoder(
-                feature["mean"], feature["std"], is_int=kind == "int", name=f"encode_{name}"
-            )(inputs[name])
+        encoded[name] = encode_feature(feature, inputs[name])
+    for cross in schema.get("crosses", ()):
+        encoded[cross["name"]] = _encode_cross(cross, [inputs[n] for n in cross["features"]])
     where = f"{loaded.path.name}: model.build_fn={loaded.spec.model.build_fn!r}"
     try:
         hidden = build_fn(dict(encoded), dict(params))
@@ -113,6 +145,53 @@ def build_model(schema: dict, loaded: LoadedSpec, params: dict, build_fn: Callab
         )
     outputs = _head(hidden, schema["label"])
     return keras.Model(inputs=inputs, outputs=outputs, name=loaded.spec.name.replace("-", "_"))
+
+
+def encode_feature(feature: dict, raw):
+    """A raw feature tensor [B] → what build_fn receives, by the schema's `encoding` (absent:
+    one-hot over the vocabulary for strings, standardized for numbers, as before encodings)."""
+    name, kind = feature["name"], feature["type"]
+    encoding = feature.get("encoding") or {"kind": "one_hot" if kind == "string" else "normalized"}
+    how, layer = encoding["kind"], f"encode_{name}"
+    if how in ("one_hot", "category", "embedding"):
+        lookup = keras.layers.StringLookup if kind == "string" else keras.layers.IntegerLookup
+        vocabulary = feature["vocabulary"] or (["<none>"] if kind == "string" else [0])
+        if how != "embedding":
+            return lookup(vocabulary=vocabulary, num_oov_indices=1, output_mode="one_hot", name=layer)(raw)
+        index = lookup(vocabulary=vocabulary, num_oov_indices=1, name=f"{layer}_index")(raw)
+        return _embed(index, len(vocabulary) + 1, encoding["dim"], layer)
+    if how == "hashed":
+        index = keras.layers.Hashing(num_bins=encoding["bins"], name=f"{layer}_hash")(raw)
+        if "dim" in encoding:
+            return _embed(index, encoding["bins"], encoding["dim"], layer)
+        return keras.layers.CategoryEncoding(num_tokens=encoding["bins"], output_mode="one_hot", name=layer)(index)
+    if how == "discretized":
+        value = ImputeMissing(feature["mean"], is_int=kind == "int", name=f"{layer}_impute")(raw)
+        index = keras.layers.Discretization(bin_boundaries=feature["boundaries"], name=f"{layer}_bucket")(value)
+        return keras.layers.CategoryEncoding(
+            num_tokens=len(feature["boundaries"]) + 1, output_mode="one_hot", name=layer
+        )(index)
+    if how == "log":
+        return LogEncoder(feature["mean"], feature["log_mean"], feature["log_std"], is_int=kind == "int", name=layer)(
+            raw
+        )
+    if how == "none":
+        return ops.expand_dims(ImputeMissing(feature["mean"], is_int=kind == "int", name=layer)(raw), -1)
+    return NumericEncoder(feature["mean"], feature["std"], is_int=kind == "int", name=layer)(raw)
+
+
+def _embed(index, tokens: int, dim: int, name: str):
+    """Indices [B] → an embedding [B, dim]."""
+    return keras.layers.Embedding(tokens, dim, name=name)(index)
+
+
+def _encode_cross(cross: dict, raws: list):
+    """Two or more string or int features hashed together into `bins`: one-hot, or embedded with `dim`."""
+    layer = f"cross_{cross['name']}"
+    if "dim" in cross:
+        index = keras.layers.HashedCrossing(num_bins=cross["bins"], name=f"{layer}_hash")(tuple(raws))
+        return _embed(index, cross["bins"], cross["dim"], layer)
+    return keras.layers.HashedCrossing(num_bins=cross["bins"], output_mode="one_hot", name=layer)(tuple(raws))
 
 
 def _head(hidden, label: dict):
@@ -194,6 +273,7 @@ def make_dataset(
     seed: int | None = None,
     records: int | None = None,
     packed: Sequence[str] = (),
+    class_weights: Sequence[float] | None = None,
 ) -> tf.data.Dataset:
     """Records → (raw features, target) batches, parsed a whole batch at a time.
 
@@ -214,6 +294,7 @@ def make_dataset(
         parse[PACKED_FEATURE] = tf.io.FixedLenFeature([len(packed)], tf.float32)
     label_column = schema["label"]["column"]
     encode_label = label_encoder(schema)
+    weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
     compression_type = "GZIP" if compression == "gzip" else ""
     if training and records is not None and records > shuffle_buffer:
         ds = tf.data.Dataset.from_tensor_slices(list(files)).shuffle(len(files), seed=seed).repeat()
@@ -240,6 +321,8 @@ def make_dataset(
             dense = parsed.pop(PACKED_FEATURE)
             parsed.update({name: dense[:, i] for i, name in enumerate(packed)})
         target = encode_label(parsed.pop(label_column))
+        if weights is not None:  # train.class_weight: each example weighs its class's weight
+            return parsed, target, tf.gather(weights, tf.cast(target, tf.int64))
         return parsed, target
 
     ds = ds.map(to_pair, num_parallel_calls=2, deterministic=True).prefetch(2)

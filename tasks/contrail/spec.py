@@ -40,12 +40,91 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The encodings each feature type takes (the first is the default: today's behaviour).
+ENCODINGS: dict[str, tuple[str, ...]] = {
+    "string": ("one_hot", "embedding", "hashed", "auto"),
+    "int": ("normalized", "category", "embedding", "hashed", "discretized", "log", "none"),
+    "float": ("normalized", "discretized", "log", "none"),
+}
+# `auto` for a string: one-hot up to this many vocabulary values, an embedding beyond.
+AUTO_ONE_HOT_MAX = 50
+
+
+class EncodingSpec(_Strict):
+    """How a feature reaches build_fn. Written in the spec as a name (`one_hot`, `category`,
+    `log`, ...) or as one key with its settings: `{embedding: {dim: 8}}`, `{hashed: {bins: 64}}`
+    (with `dim`: an embedding of the bins), `{discretized: {bins: 10}}`."""
+
+    kind: Literal["one_hot", "embedding", "hashed", "auto", "normalized", "category", "discretized", "log", "none"]
+    dim: int | None = Field(default=None, gt=0)
+    bins: int | None = Field(default=None, ge=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"kind": value}
+        if isinstance(value, dict) and len(value) == 1 and "kind" not in value:
+            ((kind, settings),) = value.items()
+            return {"kind": kind, **(settings or {})}
+        return value
+
+    @model_validator(mode="after")
+    def _settings_fit(self) -> EncodingSpec:
+        if self.kind == "embedding" and self.dim is None:
+            raise ValueError("expected {embedding: {dim: N}} with N > 0, found no dim")
+        if self.kind in ("hashed", "discretized") and self.bins is None:
+            raise ValueError(f"expected {{{self.kind}: {{bins: N}}}} with N >= 2, found no bins")
+        if self.dim is not None and self.kind not in ("embedding", "hashed"):
+            raise ValueError(f"expected dim only with embedding or hashed, found it with {self.kind}")
+        if self.bins is not None and self.kind not in ("hashed", "discretized"):
+            raise ValueError(f"expected bins only with hashed or discretized, found it with {self.kind}")
+        return self
+
+    def to_schema(self) -> dict:
+        return self.model_dump(exclude_none=True)
+
+
 class FeatureSpec(_Strict):
-    """One input column. `float` and `int` are normalized; `string` gets a vocabulary."""
+    """One input column. `float` and `int` are normalized and `string` one-hot encoded over a
+    vocabulary unless `encoding` says otherwise."""
 
     type: Literal["float", "int", "string"]
     nullable: bool = False
     max_vocab_size: int = Field(default=10_000, gt=0)
+    encoding: EncodingSpec | None = None
+
+    @model_validator(mode="after")
+    def _encoding_fits_the_type(self) -> FeatureSpec:
+        if self.encoding is not None and self.encoding.kind not in ENCODINGS[self.type]:
+            raise ValueError(
+                f"encoding: expected one of {', '.join(ENCODINGS[self.type])} for a {self.type} feature, "
+                f"found {self.encoding.kind!r}"
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        """The encoding's kind, the type's default when the spec names none."""
+        return self.encoding.kind if self.encoding is not None else ENCODINGS[self.type][0]
+
+    @property
+    def categorical(self) -> bool:
+        """Whether preprocess keeps a vocabulary of the values (strings, and ints as categories)."""
+        return self.type == "string" or self.kind in ("category", "embedding")
+
+
+class CrossSpec(_Strict):
+    """A feature cross: two or more string or int features hashed together into `bins`,
+    one-hot encoded, or embedded with `dim`. build_fn receives it as `<a>_x_<b>[_x_<c>...]`."""
+
+    features: list[str] = Field(min_length=2)
+    bins: int = Field(ge=2)
+    dim: int | None = Field(default=None, gt=0)
+
+    @property
+    def name(self) -> str:
+        return "_x_".join(self.features)
 
 
 class LabelSpec(_Strict):
@@ -88,6 +167,7 @@ class DataSpec(_Strict):
     parallelism: int = Field(default=1, ge=1, le=64)
     # Checked against the production model's training statistics; unset: measured, not checked.
     drift: DriftSpec | None = None
+    crosses: list[CrossSpec] = []
 
     @field_validator("features")
     @classmethod
@@ -109,6 +189,16 @@ class DataSpec(_Strict):
         unknown = sorted(set(self.drift.per_feature) - set(self.features)) if self.drift else []
         if unknown:
             raise ValueError(f"drift.per_feature: expected features of data.features, found {', '.join(unknown)}")
+        for cross in self.crosses:
+            for name in cross.features:
+                feature = self.features.get(name)
+                if feature is None or feature.type == "float":
+                    found = "no such feature" if feature is None else "a float feature"
+                    raise ValueError(
+                        f"crosses: expected string or int features of data.features, found {name!r} ({found})"
+                    )
+            if cross.name in self.features:
+                raise ValueError(f"crosses: the cross {cross.name!r} has the name of a feature")
         return self
 
 
@@ -208,6 +298,15 @@ class TrainSpec(_Strict):
     strategy: Literal["default", "mirrored", "multi_worker_mirrored"] = "default"
     # Start from the production model's weights when the architecture matches.
     warm_start: bool = False
+    # Weight each training example by its class: `balanced` (n / (classes × n_class), from the
+    # train split's class counts in stats.json) or {class: weight}; classes not named weigh 1.
+    class_weight: Literal["balanced"] | dict[str, Annotated[float, Field(gt=0.0)]] | None = None
+
+    @field_validator("class_weight", mode="before")
+    @classmethod
+    def _class_names_as_text(cls, value: Any) -> Any:
+        """YAML reads `{0: 1.0, 1: 5.0}` with int keys: classes are named by their text."""
+        return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
 
 class GateSpec(_Strict):
@@ -344,6 +443,12 @@ class PipelineSpec(_Strict):
                 "export.promote_if.metric: expected an evaluation metric "
                 f"({', '.join(eval_metric_names(task))}), found {self.export.promote_if.metric!r}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _class_weight_fits_the_task(self) -> PipelineSpec:
+        if self.train.class_weight is not None and self.data.label.task == "regression":
+            raise ValueError("train.class_weight: expected a binary or multiclass label, found a regression label")
         return self
 
     @model_validator(mode="after")

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from contrail import data, drift
 from contrail.errors import SchemaMismatchError, UnknownCategoryError
-from contrail.spec import DataSpec
+from contrail.spec import AUTO_ONE_HOT_MAX, DataSpec, FeatureSpec
 
 
 def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
@@ -47,6 +47,9 @@ def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
                 **_moments(finite),
                 "histogram": drift.histogram(finite),
             }
+            if fspec.categorical:  # an int as categories: its values' counts, for a vocabulary
+                counts = _value_counts(train)
+                out["features"][name].update(category_counts={str(v): c for v, c in counts.items()}, category_error=0)
     label = table.column(spec.label.column)
     if spec.label.task == "regression":
         train_values = data.float_values(label.filter(train_mask))
@@ -89,6 +92,9 @@ def combine_partials(partials: list[dict], spec: DataSpec) -> dict:
                 **_merge_moments(parts),
                 "histogram": drift.merge_histograms([p["histogram"] for p in parts]),
             }
+            if "category_counts" in first:
+                counts, error = _sketch(parts, "category", sketch_capacity(spec.features[name].max_vocab_size))
+                out["features"][name].update(category_counts=counts, category_error=error)
     labels = [p["label"] for p in partials]
     if "all" in labels[0]:  # regression
         out["label"] = {
@@ -207,6 +213,7 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
             train_cut = train_total - sum(counts[v] for v in vocab)
             entry["vocabulary"] = vocab
             entry["cut_fraction"] = _share(train_cut, train_total)  # inference expects this much
+            entry.update(_encoding(fspec, len(vocab)))
             stat.update(
                 missing=sum(p["nulls"] for p in parts),
                 vocabulary_size=len(vocab),
@@ -232,13 +239,15 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
             mean = moments["mean"] if moments["n"] else 0.0
             std = math.sqrt(moments["m2"] / moments["n"]) if moments["n"] else 1.0
             entry.update(mean=mean, std=std if std > 1e-12 else 1.0)
+            histogram = drift.merge_histograms([p["histogram"] for p in parts])
+            entry.update(_numeric_encoding(fspec, parts, histogram))
             stat.update(
                 missing=sum(p["missing"] for p in parts),
                 min=moments["min"],
                 max=moments["max"],
                 mean=mean,
                 std=std,
-                histogram=drift.merge_histograms([p["histogram"] for p in parts]),  # train values, for drift
+                histogram=histogram,  # train values, for drift
             )
         features.append(entry)
         feature_stats[name] = stat
@@ -250,6 +259,8 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
         "key": spec.key,
         "compression": spec.compression,
     }
+    if spec.crosses:  # only then, so that a spec without crosses gives today's schema
+        schema["crosses"] = [{"name": c.name, **c.model_dump(exclude_none=True)} for c in spec.crosses]
     stats = {
         "rows": rows,
         "train_rows": train_rows,
@@ -259,6 +270,38 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
         "label": label_stats,
     }
     return schema, stats
+
+
+def _encoding(fspec: FeatureSpec, vocabulary_size: int) -> dict:
+    """The schema's `encoding` of a feature whose spec names one (nothing for the default, so a
+    spec without encodings gives today's schema byte for byte); `auto` resolved by the
+    vocabulary's size."""
+    encoding = fspec.encoding
+    if encoding is None:
+        return {}
+    if encoding.kind == "auto":
+        if vocabulary_size <= AUTO_ONE_HOT_MAX:
+            return {"encoding": {"kind": "one_hot"}}
+        # fastai's rule of thumb for an embedding's width, capped at 32.
+        return {"encoding": {"kind": "embedding", "dim": min(32, math.ceil(1.6 * vocabulary_size**0.56))}}
+    return {"encoding": encoding.to_schema()}
+
+
+def _numeric_encoding(fspec: FeatureSpec, parts: list[dict], histogram: dict) -> dict:
+    """What the model needs for an int or float feature's encoding, from the train statistics:
+    a vocabulary (ints as categories), quantile boundaries (`discretized`), or the moments of
+    sign(x)·log10(1 + |x|) (`log`)."""
+    out = _encoding(fspec, 0)
+    kind = fspec.kind
+    if fspec.categorical:
+        counts, _ = _sketch(parts, "category", sketch_capacity(fspec.max_vocab_size))
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], int(kv[0])))
+        out["vocabulary"] = [int(v) for v, _ in ranked[: fspec.max_vocab_size]]
+    elif kind == "discretized":
+        out["boundaries"] = drift.grid_quantiles(histogram, fspec.encoding.bins)
+    elif kind == "log":
+        out["log_mean"], out["log_std"] = drift.grid_moments(histogram)
+    return out
 
 
 def _merge_label(parts: list[dict], spec: DataSpec) -> tuple[dict, dict]:
@@ -296,6 +339,8 @@ def check_oov(stats: dict, spec: DataSpec, source: str) -> None:
     """Eval values never seen in train, beyond `max_oov_fraction`, are drift; values the
     vocabulary cut (`max_vocab_size`) are the spec's choice and do not count."""
     for name, stat in stats["features"].items():
+        if spec.features[name].kind == "hashed":
+            continue  # a hashed feature has no vocabulary to leave: any value gets a bin
         if stat.get("eval_unseen_fraction", 0.0) > spec.max_oov_fraction:
             raise UnknownCategoryError(
                 f"Feature {name!r} in {source}: expected at most {spec.max_oov_fraction:.1%} of eval values "

@@ -245,6 +245,7 @@ class _Trainer:
             seed=seed,
             records=self.preprocess.train_records,
             packed=(self.schema.get("train_packing") or {}).get("columns", ()),
+            class_weights=class_weights(self.train.class_weight, self.schema, Path(self.preprocess.stats)),
         )
 
     def _round(self, model, iterator, eval_ds, steps: _StepLoop, replicated: bool, stopper, history: list[dict]):
@@ -326,6 +327,28 @@ class _Trainer:
             stopper.state.best_eval_index,
         )
         return result
+
+
+def class_weights(rule: str | dict | None, schema: dict, stats_path: Path) -> list[float] | None:
+    """`train.class_weight` as one weight per class, in the label's class order: `balanced`
+    gives n / (classes × n_class) from the train split's class counts; a map names some
+    classes, and the others weigh 1."""
+    if rule is None:
+        return None
+    classes = schema["label"]["classes"]
+    if rule == "balanced":
+        counts = artifacts.read_json(stats_path)["label"]["train_class_counts"]
+        total = sum(counts.values())
+        return [total / (len(classes) * counts[str(c)]) if counts.get(str(c)) else 1.0 for c in classes]
+    named = {str(k): float(v) for k, v in rule.items()}
+    unknown = sorted(set(named) - {str(c) for c in classes})
+    if unknown:
+        raise TrainingError(
+            f"{stats_path}: train.class_weight names classes the label does not have: {', '.join(unknown)} "
+            f"(expected some of {', '.join(map(str, classes))})",
+            field="train.class_weight",
+        )
+    return [named.get(str(c), 1.0) for c in classes]
 
 
 def _evaluate(model, eval_ds, schema: dict, replicated: bool) -> dict[str, float]:

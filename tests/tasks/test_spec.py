@@ -105,6 +105,32 @@ class TestSpecInvalid:
                 id="drift-threshold-of-an-unknown-feature",
             ),
             pytest.param(
+                {"data": {"features": {"bill_length_mm": {"type": "float", "encoding": "one_hot"}}}},
+                r"field 'data\.features\.bill_length_mm': .*encoding: expected one of normalized, discretized, "
+                r"log, none for a float feature, found 'one_hot'",
+                id="encoding-that-does-not-fit-the-type",
+            ),
+            pytest.param(
+                {"data": {"features": {"island": {"type": "string", "encoding": {"embedding": {"dim": 0}}}}}},
+                r"field 'data\.features\.island\.encoding\.dim': expected greater than 0.*found 0",
+                id="embedding-dim-of-zero",
+            ),
+            pytest.param(
+                {"data": {"features": {"year": {"type": "int", "encoding": {"discretized": {"bins": 1}}}}}},
+                r"field 'data\.features\.year\.encoding\.bins': expected greater than or equal to 2.*found 1",
+                id="one-bin",
+            ),
+            pytest.param(
+                {"data": {"crosses": [{"features": ["island", "bill_length_mm"], "bins": 16}]}},
+                r"crosses: expected string or int features of data\.features, found 'bill_length_mm' \(a float feature\)",
+                id="cross-over-a-number",
+            ),
+            pytest.param(
+                {"train": {"class_weight": {"Adelie": 0}}},
+                r"field 'train\.class_weight.*expected greater than 0",
+                id="class-weight-of-zero",
+            ),
+            pytest.param(
                 {"export": {"promote_if": {"confidence": 1.0}}},
                 r"field 'export\.promote_if\.confidence': expected less than 1",
                 id="confidence-of-one",
