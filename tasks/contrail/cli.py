@@ -2,7 +2,7 @@
 
 contrail lint [SPEC ...]              validate specs (default: every spec in $CONTRAIL_SPEC_DIR,
                                        else dags/pipelines)
-contrail demo-data                     write the demo data (penguins, cars, daily penguins) under the data folder
+contrail demo-data                     write the demo data (penguins, cars, daily penguins, flights) under the data folder
 contrail summary PIPELINE RUN_ID       print a run's summary and write it as JSON
 contrail rollback PIPELINE [--to N]    make an earlier (or version N) model production again
 """
@@ -41,12 +41,14 @@ def _lint(args: argparse.Namespace) -> int:
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from contrail.demo import write_cars, write_penguins, write_penguins_daily
+    from contrail.demo import write_cars, write_flights, write_penguins, write_penguins_daily
 
     data_dir = Path(args.data_dir) if args.data_dir else config.data_dir()
     written = {**write_penguins(data_dir), **write_cars(data_dir)}
     for name, files in written.items():
         print(f"{name}: {', '.join(files)}")
+    flights = write_flights(data_dir)["flights"]
+    print(f"flights: {len(flights)} monthly files under {data_dir / 'flights'}")
     daily = write_penguins_daily(data_dir)
     print(f"penguins_daily: {len(daily)} dates, {min(daily)} to {max(daily)}, under {data_dir / 'penguins_daily'}")
     return 0

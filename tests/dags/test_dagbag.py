@@ -73,7 +73,7 @@ def test_a_missing_build_fn_module_breaks_only_its_own_dag(tmp_path):
     shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
     spec_variant(dags / "pipelines", {"model": {"build_fn": "no_such_module:build"}}, name="no_model")
     report = parse(dags, tmp_path)
-    assert sorted(report["dags"]) == ["cars", "penguins", "penguins_daily"]
+    assert sorted(report["dags"]) == ["cars", "flights", "penguins", "penguins_daily"]
     (message,) = report["import_errors"].values()
     assert "no_model.yaml" in message and "field 'model.build_fn'" in message and "no_such_module" in message
 
