@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contrail import artifacts, data
+from contrail import artifacts, data, text
 from contrail.errors import DriftError
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,15 @@ def merge_histograms(parts: Sequence[Mapping[str, int]]) -> dict[str, int]:
 
 
 def summarize(table: pa.Table, features: Mapping[str, str]) -> dict:
-    """A table's drift summary: per feature (name → type), a histogram or value counts."""
+    """A table's drift summary: per feature (name → type, or `text:<ngrams>`), a histogram or value
+    counts (of a text's words)."""
     out = {}
     for name, kind in features.items():
         column = table.column(name)
-        if kind == "string":
+        if kind.startswith("text:"):  # its tokens and n-grams, as its train statistics count them
+            ngrams_counts, _, _ = text.counts(column, int(kind.split(":")[1]))
+            out[name] = {"value_counts": ngrams_counts, "value_total": sum(ngrams_counts.values())}
+        elif kind == "string":
             values = column.drop_null()
             values = values.filter(pc.not_equal(values, "")) if len(values) else values
             counts = pc.value_counts(values)

@@ -75,7 +75,13 @@ def run(args: InferenceArgs) -> InferenceResult:
     columns = data.required_columns(
         {n: spec.data.features[n] for n in features if n in spec.data.features}, None, spec.data.key
     )
-    kinds = {n: spec.data.features[n].type for n in features if n in spec.data.features}
+    kinds = {
+        n: f"text:{spec.data.features[n].encoding.to_schema()['ngrams']}"
+        if spec.data.features[n].kind == "text"
+        else spec.data.features[n].type
+        for n in features
+        if n in spec.data.features
+    }
     summaries = []
     with step.staged() as staging:
         rows_in, outputs = 0, {}
@@ -201,8 +207,8 @@ def _check_categories(table: pa.Table, features: dict, tolerance: float, path: d
     The model keeps its vocabulary, not every train value, so the cut's share is the train
     split's (`cut_fraction` in the schema), an estimate of the share it has here."""
     for name, feature in features.items():
-        if feature["type"] != "string" or (feature.get("encoding") or {}).get("kind") == "hashed":
-            continue  # a hashed feature has no vocabulary to leave: any value gets a bin
+        if feature["type"] != "string" or (feature.get("encoding") or {}).get("kind") in ("hashed", "text"):
+            continue  # hashed: any value gets a bin; text: new words are what text has
         known = set(feature["vocabulary"])
         values = [v for v in table.column(name).to_pylist() if v not in (None, "")]
         unknown = [v for v in values if v not in known]

@@ -160,6 +160,17 @@ def encode_feature(feature: dict, raw):
             return lookup(vocabulary=vocabulary, num_oov_indices=1, output_mode="one_hot", name=layer)(raw)
         index = lookup(vocabulary=vocabulary, num_oov_indices=1, name=f"{layer}_index")(raw)
         return _embed(index, len(vocabulary) + 1, encoding["dim"], layer)
+    if how == "text":
+        return keras.layers.TextVectorization(
+            standardize="lower_and_strip_punctuation",
+            split="whitespace",
+            ngrams=encoding["ngrams"] if encoding["ngrams"] > 1 else None,
+            output_mode=encoding["output"],
+            output_sequence_length=encoding.get("sequence_length"),
+            vocabulary=feature["vocabulary"],
+            idf_weights=feature.get("idf") if encoding["output"] == "tf_idf" else None,
+            name=layer,
+        )(raw)
     if how == "hashed":
         index = keras.layers.Hashing(num_bins=encoding["bins"], name=f"{layer}_hash")(raw)
         if "dim" in encoding:

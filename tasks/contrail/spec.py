@@ -42,7 +42,7 @@ class _Strict(BaseModel):
 
 # The encodings each feature type takes (the first is the default: today's behaviour).
 ENCODINGS: dict[str, tuple[str, ...]] = {
-    "string": ("one_hot", "embedding", "hashed", "auto"),
+    "string": ("one_hot", "embedding", "hashed", "auto", "text"),
     "int": ("normalized", "category", "embedding", "hashed", "discretized", "log", "none"),
     "float": ("normalized", "discretized", "log", "none"),
 }
@@ -55,9 +55,16 @@ class EncodingSpec(_Strict):
     `log`, ...) or as one key with its settings: `{embedding: {dim: 8}}`, `{hashed: {bins: 64}}`
     (with `dim`: an embedding of the bins), `{discretized: {bins: 10}}`."""
 
-    kind: Literal["one_hot", "embedding", "hashed", "auto", "normalized", "category", "discretized", "log", "none"]
+    kind: Literal[
+        "one_hot", "embedding", "hashed", "auto", "text", "normalized", "category", "discretized", "log", "none"
+    ]
     dim: int | None = Field(default=None, gt=0)
     bins: int | None = Field(default=None, ge=2)
+    # text: TextVectorization in the graph, its vocabulary the train split's most frequent tokens.
+    max_tokens: int | None = Field(default=None, ge=1)
+    ngrams: int | None = Field(default=None, ge=1, le=3)
+    output: Literal["multi_hot", "tf_idf", "int"] | None = None
+    sequence_length: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -79,10 +86,20 @@ class EncodingSpec(_Strict):
             raise ValueError(f"expected dim only with embedding or hashed, found it with {self.kind}")
         if self.bins is not None and self.kind not in ("hashed", "discretized"):
             raise ValueError(f"expected bins only with hashed or discretized, found it with {self.kind}")
+        text_only = [f for f in ("max_tokens", "ngrams", "output", "sequence_length") if getattr(self, f) is not None]
+        if text_only and self.kind != "text":
+            raise ValueError(f"expected {', '.join(text_only)} only with text, found it with {self.kind}")
+        if self.sequence_length is not None and self.output != "int":
+            raise ValueError("expected sequence_length only with output: int, found it with another output")
         return self
 
     def to_schema(self) -> dict:
-        return self.model_dump(exclude_none=True)
+        out = self.model_dump(exclude_none=True)
+        if self.kind == "text":  # the defaults, spelled out for the model
+            out = {"max_tokens": 20_000, "ngrams": 1, "output": "multi_hot", **out}
+            if out["output"] == "int":
+                out.setdefault("sequence_length", 64)
+        return out
 
 
 class FeatureSpec(_Strict):

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from contrail import data, drift
-from contrail.errors import SchemaMismatchError, UnknownCategoryError
+from contrail import data, drift, text
+from contrail.errors import EmptyInputError, SchemaMismatchError, UnknownCategoryError
 from contrail.spec import AUTO_ONE_HOT_MAX, DataSpec, FeatureSpec
 
 
@@ -28,7 +28,9 @@ def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
     for name, fspec in spec.features.items():
         column = table.column(name)
         train, evals = column.filter(train_mask), column.filter(eval_mask)
-        if fspec.type == "string":
+        if fspec.type == "string" and fspec.kind == "text":
+            out["features"][name] = _text_partial(column, train, evals, fspec)
+        elif fspec.type == "string":
             train_counts, eval_counts = _value_counts(train, drop_empty=True), _value_counts(evals, drop_empty=True)
             out["features"][name] = {
                 "nulls": int(column.null_count),
@@ -64,6 +66,25 @@ def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
     return out
 
 
+def _text_partial(column, train, evals, fspec: FeatureSpec) -> dict:
+    """A text feature's partial: the counts of its tokens (and n-grams) stand for the values'."""
+    ngrams = fspec.encoding.to_schema()["ngrams"]
+    train_counts, doc_counts, docs = text.counts(train, ngrams)
+    eval_counts, _, _ = text.counts(evals, ngrams)
+    return {
+        "nulls": int(column.null_count),
+        "train_counts": train_counts,
+        "eval_counts": eval_counts,
+        "train_total": sum(train_counts.values()),
+        "eval_total": sum(eval_counts.values()),
+        "train_error": 0,
+        "eval_error": 0,
+        "doc_counts": doc_counts,
+        "doc_error": 0,
+        "docs": docs,
+    }
+
+
 def combine_partials(partials: list[dict], spec: DataSpec) -> dict:
     """Fold partials (a file's batches, in order) into one of the same shape, so a file's
     statistics take the memory of its value counters, not of its batches."""
@@ -86,6 +107,11 @@ def combine_partials(partials: list[dict], spec: DataSpec) -> dict:
                 "train_error": train_error,
                 "eval_error": eval_error,
             }
+            if "doc_counts" in first:
+                doc_counts, doc_error = _sketch(parts, "doc", capacity)
+                out["features"][name].update(
+                    doc_counts=doc_counts, doc_error=doc_error, docs=sum(p["docs"] for p in parts)
+                )
         else:
             out["features"][name] = {
                 "missing": sum(p["missing"] for p in parts),
@@ -199,7 +225,10 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
         if fspec.type == "string":
             capacity = sketch_capacity(fspec.max_vocab_size)
             counts, train_error = _sketch(parts, "train", capacity)
-            vocab = [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][: fspec.max_vocab_size]
+            size = fspec.encoding.to_schema()["max_tokens"] if fspec.kind == "text" else fspec.max_vocab_size
+            vocab = [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][:size]
+            if fspec.kind == "text":
+                entry.update(_text_entry(name, fspec, parts, vocab, capacity))
             known = set(vocab)
             eval_counts, eval_error = _sketch(parts, "eval", capacity)
             train_total, eval_total = sum(p["train_total"] for p in parts), sum(p["eval_total"] for p in parts)
@@ -287,6 +316,23 @@ def _encoding(fspec: FeatureSpec, vocabulary_size: int) -> dict:
     return {"encoding": encoding.to_schema()}
 
 
+def _text_entry(name: str, fspec: FeatureSpec, parts: list[dict], vocab: list[str], capacity: int) -> dict:
+    """A text feature's inverse document frequencies (for `output: tf_idf`), as Keras computes
+    them: log(1 + documents / (1 + documents with the token))."""
+    if not vocab:
+        raise EmptyInputError(
+            f"Feature {name!r}: expected tokens in the train split for a text encoding, found none "
+            "(every value empty or punctuation)",
+            field=f"data.features.{name}",
+        )
+    out = {}
+    if fspec.encoding.to_schema()["output"] == "tf_idf":
+        doc_counts, _ = _sketch(parts, "doc", capacity)
+        docs = sum(p["docs"] for p in parts)
+        out["idf"] = [math.log(1 + docs / (1 + doc_counts.get(v, 0))) for v in vocab]
+    return out
+
+
 def _numeric_encoding(fspec: FeatureSpec, parts: list[dict], histogram: dict) -> dict:
     """What the model needs for an int or float feature's encoding, from the train statistics:
     a vocabulary (ints as categories), quantile boundaries (`discretized`), or the moments of
@@ -339,8 +385,8 @@ def check_oov(stats: dict, spec: DataSpec, source: str) -> None:
     """Eval values never seen in train, beyond `max_oov_fraction`, are drift; values the
     vocabulary cut (`max_vocab_size`) are the spec's choice and do not count."""
     for name, stat in stats["features"].items():
-        if spec.features[name].kind == "hashed":
-            continue  # a hashed feature has no vocabulary to leave: any value gets a bin
+        if spec.features[name].kind in ("hashed", "text"):
+            continue  # hashed: any value gets a bin; text: new words are what text has
         if stat.get("eval_unseen_fraction", 0.0) > spec.max_oov_fraction:
             raise UnknownCategoryError(
                 f"Feature {name!r} in {source}: expected at most {spec.max_oov_fraction:.1%} of eval values "

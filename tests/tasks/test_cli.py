@@ -49,6 +49,6 @@ def test_an_unknown_pipeline_name_lists_the_pipelines_there_are(tmp_path):
         result = subprocess.run([sys.executable, *command], capture_output=True, text=True, cwd=tmp_path, env=env)
         assert result.returncode == 2, result.stderr
         assert (
-            "unknown pipeline 'pengiuns': expected one of cars, penguins, penguins_daily (the specs in "
+            "unknown pipeline 'pengiuns': expected one of cars, flights, penguins, penguins_daily (the specs in "
             in result.stderr
         )
