@@ -66,7 +66,11 @@ def summarize(table: pa.Table, features: Mapping[str, str]) -> dict:
         column = table.column(name)
         if kind.startswith("text:"):  # its tokens and n-grams, as its train statistics count them
             ngrams_counts, _, _ = text.counts(column, int(kind.split(":")[1]))
-            out[name] = {"value_counts": ngrams_counts, "value_total": sum(ngrams_counts.values())}
+            out[name] = {
+                "value_counts": ngrams_counts,
+                "value_total": sum(ngrams_counts.values()),
+                "value_kind": kind,  # tokens: comparable only with the same tokenization
+            }
         elif kind == "string":
             values = column.drop_null()
             values = values.filter(pc.not_equal(values, "")) if len(values) else values
@@ -133,6 +137,8 @@ def merge_summaries(parts: Sequence[dict]) -> dict:
                 "value_counts": dict(counts.most_common(MERGE_VALUES)),
                 "value_total": sum(p["value_total"] for p in pieces),
             }
+            if "value_kind" in pieces[0]:
+                out[name]["value_kind"] = pieces[0]["value_kind"]
     return out
 
 
@@ -194,6 +200,9 @@ def distances(current: Mapping[str, dict], baseline: Mapping[str, dict]) -> dict
         if "histogram" in now and "histogram" in then:
             out[name] = {"measure": "js", "distance": js_divergence(now["histogram"], then["histogram"])}
         elif "value_counts" in now and "value_counts" in then:
+            if now.get("value_kind") != then.get("value_kind"):  # values against tokens: no distance
+                out[name] = {"measure": "linf", "distance": None, "note": "not comparable: the encoding changed"}
+                continue
             out[name] = {
                 "measure": "linf",
                 "distance": linf_distance(

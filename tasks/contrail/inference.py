@@ -75,13 +75,8 @@ def run(args: InferenceArgs) -> InferenceResult:
     columns = data.required_columns(
         {n: spec.data.features[n] for n in features if n in spec.data.features}, None, spec.data.key
     )
-    kinds = {
-        n: f"text:{spec.data.features[n].encoding.to_schema()['ngrams']}"
-        if spec.data.features[n].kind == "text"
-        else spec.data.features[n].type
-        for n in features
-        if n in spec.data.features
-    }
+    # By the model's encodings (not the spec's now), for the columns read.
+    kinds = {n: _summary_kind(f) for n, f in features.items() if n in spec.data.features}
     summaries = []
     with step.staged() as staging:
         rows_in, outputs = 0, {}
@@ -122,6 +117,12 @@ def run(args: InferenceArgs) -> InferenceResult:
         step.commit(staging, result, [*outputs, out.skew.name], outputs)
     log.info("Wrote %d predictions with model version %d to %s", rows_in, version, out.path)
     return result
+
+
+def _summary_kind(feature: dict) -> str:
+    """How a feature of the model's schema is summarized for skew: by type, a text by its tokens."""
+    encoding = feature.get("encoding") or {}
+    return f"text:{encoding['ngrams']}" if encoding.get("kind") == "text" else feature["type"]
 
 
 def _skew(summaries: list[dict], version_dir: Path, spec, where: str) -> dict:

@@ -11,6 +11,7 @@ Importing this module imports TensorFlow: only the train, export and inference s
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -154,11 +155,15 @@ def encode_feature(feature: dict, raw):
     encoding = feature.get("encoding") or {"kind": "one_hot" if kind == "string" else "normalized"}
     how, layer = encoding["kind"], f"encode_{name}"
     if how in ("one_hot", "category", "embedding"):
-        lookup = keras.layers.StringLookup if kind == "string" else keras.layers.IntegerLookup
         vocabulary = feature["vocabulary"] or (["<none>"] if kind == "string" else [0])
+        if kind == "string":
+            lookup = keras.layers.StringLookup
+        else:  # its OOV token is -1 by default, which a vocabulary of ints may well hold
+            lookup = functools.partial(keras.layers.IntegerLookup, oov_token=int(INT_MISSING))
         if how != "embedding":
             return lookup(vocabulary=vocabulary, num_oov_indices=1, output_mode="one_hot", name=layer)(raw)
-        index = lookup(vocabulary=vocabulary, num_oov_indices=1, name=f"{layer}_index")(raw)
+        # Internal layers get prefixes of their own: `encode_<a>_index` could be feature a_index's.
+        index = lookup(vocabulary=vocabulary, num_oov_indices=1, name=f"index_{name}")(raw)
         return _embed(index, len(vocabulary) + 1, encoding["dim"], layer)
     if how == "text":
         return keras.layers.TextVectorization(
@@ -172,13 +177,13 @@ def encode_feature(feature: dict, raw):
             name=layer,
         )(raw)
     if how == "hashed":
-        index = keras.layers.Hashing(num_bins=encoding["bins"], name=f"{layer}_hash")(raw)
+        index = keras.layers.Hashing(num_bins=encoding["bins"], name=f"hash_{name}")(raw)
         if "dim" in encoding:
             return _embed(index, encoding["bins"], encoding["dim"], layer)
         return keras.layers.CategoryEncoding(num_tokens=encoding["bins"], output_mode="one_hot", name=layer)(index)
     if how == "discretized":
-        value = ImputeMissing(feature["mean"], is_int=kind == "int", name=f"{layer}_impute")(raw)
-        index = keras.layers.Discretization(bin_boundaries=feature["boundaries"], name=f"{layer}_bucket")(value)
+        value = ImputeMissing(feature["mean"], is_int=kind == "int", name=f"impute_{name}")(raw)
+        index = keras.layers.Discretization(bin_boundaries=feature["boundaries"], name=f"bucket_{name}")(value)
         return keras.layers.CategoryEncoding(
             num_tokens=len(feature["boundaries"]) + 1, output_mode="one_hot", name=layer
         )(index)
@@ -200,7 +205,7 @@ def _encode_cross(cross: dict, raws: list):
     """Two or more string or int features hashed together into `bins`: one-hot, or embedded with `dim`."""
     layer = f"cross_{cross['name']}"
     if "dim" in cross:
-        index = keras.layers.HashedCrossing(num_bins=cross["bins"], name=f"{layer}_hash")(tuple(raws))
+        index = keras.layers.HashedCrossing(num_bins=cross["bins"], name=f"crosshash_{cross['name']}")(tuple(raws))
         return _embed(index, cross["bins"], cross["dim"], layer)
     return keras.layers.HashedCrossing(num_bins=cross["bins"], output_mode="one_hot", name=layer)(tuple(raws))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from contrail.errors import SpecError, translate
 
@@ -73,6 +73,10 @@ class EncodingSpec(_Strict):
             return {"kind": value}
         if isinstance(value, dict) and len(value) == 1 and "kind" not in value:
             ((kind, settings),) = value.items()
+            if settings is not None and not isinstance(settings, dict):
+                raise ValueError(
+                    f"expected {{{kind}: {{setting: value}}}}, such as {{embedding: {{dim: 8}}}}, found {value!r}"
+                )
             return {"kind": kind, **(settings or {})}
         return value
 
@@ -206,17 +210,24 @@ class DataSpec(_Strict):
         unknown = sorted(set(self.drift.per_feature) - set(self.features)) if self.drift else []
         if unknown:
             raise ValueError(f"drift.per_feature: expected features of data.features, found {', '.join(unknown)}")
-        for cross in self.crosses:
+        return self
+
+    @field_validator("crosses")
+    @classmethod
+    def _crosses_over_categories(cls, crosses: list[CrossSpec], info: ValidationInfo) -> list[CrossSpec]:
+        features = info.data.get("features") or {}
+        names = [c.name for c in crosses]
+        for cross in crosses:
             for name in cross.features:
-                feature = self.features.get(name)
+                feature = features.get(name)
                 if feature is None or feature.type == "float":
                     found = "no such feature" if feature is None else "a float feature"
-                    raise ValueError(
-                        f"crosses: expected string or int features of data.features, found {name!r} ({found})"
-                    )
-            if cross.name in self.features:
-                raise ValueError(f"crosses: the cross {cross.name!r} has the name of a feature")
-        return self
+                    raise ValueError(f"expected string or int features of data.features, found {name!r} ({found})")
+            if cross.name in features:
+                raise ValueError(f"expected a cross whose name is not a feature's, found {cross.name!r}")
+            if names.count(cross.name) > 1:
+                raise ValueError(f"expected each cross once, found {cross.name!r} twice")
+        return crosses
 
 
 class ParamBounds(_Strict):

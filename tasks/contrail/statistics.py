@@ -95,7 +95,7 @@ def combine_partials(partials: list[dict], spec: DataSpec) -> dict:
     for name, first in partials[0]["features"].items():
         parts = [p["features"][name] for p in partials]
         if "train_counts" in first:
-            capacity = sketch_capacity(spec.features[name].max_vocab_size)
+            capacity = _capacity(spec.features[name])
             train_counts, train_error = _sketch(parts, "train", capacity)
             eval_counts, eval_error = _sketch(parts, "eval", capacity)
             out["features"][name] = {
@@ -184,6 +184,12 @@ def sketch_capacity(max_vocab_size: int) -> int:
     return max(SKETCH_MIN_CAPACITY, 4 * max_vocab_size)
 
 
+def _capacity(fspec: FeatureSpec) -> int:
+    """A string feature's sketch capacity: 4 × the vocabulary it keeps (a text's `max_tokens`)."""
+    kept = fspec.encoding.to_schema()["max_tokens"] if fspec.kind == "text" else fspec.max_vocab_size
+    return sketch_capacity(max(kept, fspec.max_vocab_size))
+
+
 def _sketch(parts: list[dict], side: str, capacity: int) -> tuple[dict, int]:
     """Merge the parts' `<side>_counts` in order, keeping at most `capacity` counters; returns
     the counts and how much any of them may be short of the true count (0: exact).
@@ -223,7 +229,7 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
         entry = {"name": name, "type": fspec.type, "nullable": fspec.nullable}
         stat = {"type": fspec.type, "count": rows, "train_count": train_rows, "eval_count": eval_rows}
         if fspec.type == "string":
-            capacity = sketch_capacity(fspec.max_vocab_size)
+            capacity = _capacity(fspec)
             counts, train_error = _sketch(parts, "train", capacity)
             size = fspec.encoding.to_schema()["max_tokens"] if fspec.kind == "text" else fspec.max_vocab_size
             vocab = [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][:size]
@@ -255,8 +261,11 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
                 eval_cut_count=cut,
                 eval_cut_fraction=_share(cut, eval_total),
             )
-            # For drift checks against this model later (contrail.drift): train value counts.
+            # For drift checks against this model later (contrail.drift): train value counts
+            # (of a text's tokens and n-grams: `value_kind` says which, to compare like with like).
             stat.update(value_counts=drift.top_values(counts), value_total=train_total)
+            if fspec.kind == "text":
+                stat["value_kind"] = f"text:{fspec.encoding.to_schema()['ngrams']}"
             if train_error or eval_error:  # more distinct values than the sketch holds
                 stat["sketch"] = {
                     "capacity": capacity,

@@ -122,8 +122,26 @@ class TestSpecInvalid:
             ),
             pytest.param(
                 {"data": {"crosses": [{"features": ["island", "bill_length_mm"], "bins": 16}]}},
-                r"crosses: expected string or int features of data\.features, found 'bill_length_mm' \(a float feature\)",
+                r"field 'data\.crosses': expected string or int features of data\.features, "
+                r"found 'bill_length_mm' \(a float feature\)",
                 id="cross-over-a-number",
+            ),
+            pytest.param(
+                {"data": {"features": {"island": {"type": "string", "encoding": {"embedding": 8}}}}},
+                r"field 'data\.features\.island\.encoding': expected \{embedding: \{setting: value\}\}.*found \{'embedding': 8\}",
+                id="encoding-settings-not-a-mapping",
+            ),
+            pytest.param(
+                {
+                    "data": {
+                        "crosses": [
+                            {"features": ["island", "sex"], "bins": 8},
+                            {"features": ["island", "sex"], "bins": 16},
+                        ]
+                    }
+                },
+                r"field 'data\.crosses': expected each cross once, found 'island_x_sex' twice",
+                id="the-same-cross-twice",
             ),
             pytest.param(
                 {"train": {"class_weight": {"Adelie": 0}}},
