@@ -35,12 +35,6 @@ T = TypeVar("T")
 SLOW_TRAINING = {
     "train": {"eval_every_steps": 5, "early_stopping": {"monitor": "val_loss", "patience": 5, "min_delta": 0.003}},
 }
-# Slower still (268 evaluations, about a minute): for a kill whose retry starts only after the
-# scheduler has noticed a dead worker (30-40 s), while the orphaned training must still be running.
-ORPHAN_TRAINING = {
-    "model": {"params": {"learning_rate": 0.0005}},
-    "train": {"eval_every_steps": 5, "early_stopping": {"monitor": "val_loss", "patience": 12, "min_delta": 0.0005}},
-}
 
 
 def deep_update(base: dict, changes: dict) -> dict:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from airflow_cluster import AirflowCluster
-from tests_support import ORPHAN_TRAINING, spec_variant, wait_until
+from tests_support import SLOW_TRAINING, spec_variant, wait_until
 
 from contrail import artifacts
 from contrail.demo import write_penguins
@@ -41,7 +43,7 @@ def _specs(home: Path) -> Path:
         "routed": {"queues": {"train": "training"}},
         # many short evaluation rounds, so that a kill lands mid-training and the orphan still
         # trains when the retry starts
-        "slow": ORPHAN_TRAINING,
+        "slow": SLOW_TRAINING,
     }
     for name, changes in variants.items():
         spec_variant(specs, {**scoring, **changes}, name=name)
@@ -148,10 +150,28 @@ def test_a_worker_killed_mid_task_is_retried_on_the_other_worker(cluster):
     (running,) = _tries(cluster, "slow", run_id, "train")
     victim = running["hostname"]
     # The worker is killed alone: the training process it started (its own process group) lives
-    # on as an orphan, training into the same folder as the retry.
+    # on as an orphan, training into the same folder as the retry. It is paused until the retry
+    # has taken the lease (the scheduler notices a dead worker after 30-40 s, and on a loaded
+    # machine an orphan could finish first), then let go, to race the retry. Should it have
+    # been paused holding the lease's lock, the retry cannot take the lease: it is let go after
+    # the retry has waited a minute.
     orphan = json.loads(train_dir.running.read_text())["pid"]
     cluster.kill(victim)
+    os.kill(orphan, signal.SIGSTOP)
     killed_at = len(read_history(train_dir.history))
+    retry_seen: dict[str, float] = {}
+
+    def retry_holds_the_lease_or_waited() -> bool:
+        if json.loads(train_dir.running.read_text())["pid"] != orphan:
+            return True
+        if len(_tries(cluster, "slow", run_id, "train")) < 2:
+            return False
+        return time.monotonic() - retry_seen.setdefault("at", time.monotonic()) > 60
+
+    try:
+        wait_until(retry_holds_the_lease_or_waited, 600, "the retry to take the training lease", interval=0.2)
+    finally:
+        os.kill(orphan, signal.SIGCONT)
     assert cluster.wait_for_run("slow", run_id, timeout=600) == "success"
     tries = _tries(cluster, "slow", run_id, "train")
     assert [t["state"] for t in tries] == ["failed", "success"], tries
