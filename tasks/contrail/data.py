@@ -43,8 +43,9 @@ class Column:
 
     name: str
     role: str  # "feature", "label" or "key"
-    type: str  # "float", "int", "string", or "label:<task>", "key"
+    type: str  # "float", "int", "string", "float_list", or "label:<task>", "key"
     nullable: bool
+    length: int | None = None  # a float_list's
 
 
 @dataclass(frozen=True, order=True)
@@ -160,7 +161,7 @@ def fingerprints(files: list[InputFile], cache_dir: Path | None = None) -> dict[
 
 
 def required_columns(features: Mapping[str, FeatureSpec], label: LabelSpec | None, key: str | None) -> list[Column]:
-    columns = [Column(n, "feature", f.type, f.nullable) for n, f in features.items()]
+    columns = [Column(n, "feature", f.type, f.nullable, f.length) for n, f in features.items()]
     if label is not None:
         columns.append(Column(label.column, "label", f"label:{label.task}", False))
     if key is not None:
@@ -324,6 +325,8 @@ def _checked(array: pa.ChunkedArray, column: Column, path: InputFile, offset: in
     """Cast one column to its spec type and enforce nullability, naming the first bad row (`offset`:
     the file's row number of the array's first row)."""
     what = f"{column.role.capitalize()} {column.name!r} in {path}"
+    if column.type == "float_list":
+        return _checked_list(array, column, path, what, offset)
     kind = column.type.removeprefix("label:")
     kind = _KINDS.get(kind, kind)
     if pa.types.is_dictionary(array.type):
@@ -337,6 +340,51 @@ def _checked(array: pa.ChunkedArray, column: Column, path: InputFile, offset: in
     if not column.nullable:
         _check_present(array, what, path, offset)
     return array
+
+
+def _checked_list(array: pa.ChunkedArray, column: Column, path: InputFile, what: str, offset: int) -> pa.ChunkedArray:
+    """A float_list column: lists of numbers, each of the spec's length (null lists only when
+    nullable), as list<float64>."""
+    kind = array.type
+    if not (
+        (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind))
+        and _is_number(kind.value_type)
+    ):
+        raise SchemaMismatchError(
+            f"{what}: expected a list of {column.length} floats per row, found {kind}", path=str(path)
+        )
+    if pa.types.is_fixed_size_list(kind):
+        array = array.cast(pa.list_(kind.value_type))
+    array = array.cast(pa.list_(pa.float64()))
+    lengths = pc.list_value_length(array)
+    wrong = pc.fill_null(pc.not_equal(lengths, column.length), False)
+    if pc.any(wrong).as_py():
+        index = _first_index(wrong)
+        raise SchemaMismatchError(
+            f"{what}: expected {column.length} floats per row (length), found {lengths[index].as_py()} "
+            f"at row {offset + index}",
+            path=str(path),
+        )
+    if not column.nullable:
+        _check_present(array, what, path, offset)
+        flat = pc.list_flatten(array)
+        if len(flat) and not pc.all(pc.is_finite(flat)).as_py():
+            raise SchemaMismatchError(
+                f"{what}: expected finite values (nullable: false), found NaN or infinity", path=str(path)
+            )
+    return array
+
+
+def list_matrix(array: pa.ChunkedArray | pa.Array, length: int) -> np.ndarray:
+    """A float_list column as a float64 [rows, length] matrix; a null list is a row of NaN."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks else pa.array([], pa.list_(pa.float64()))
+    out = np.full((len(array), length), math.nan)
+    present = np.asarray(pc.is_valid(array).to_numpy(zero_copy_only=False), dtype=bool)
+    if present.any():
+        values = pc.list_flatten(array.filter(pa.array(present))).cast(pa.float64())
+        out[present] = float_values(pa.chunked_array([values])).reshape(-1, length)
+    return out
 
 
 def _check_present(array: pa.ChunkedArray, what: str, path: InputFile, offset: int = 0) -> None:

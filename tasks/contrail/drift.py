@@ -81,6 +81,10 @@ def summarize(table: pa.Table, features: Mapping[str, str]) -> dict:
                 ),
                 "value_total": len(values),
             }
+        elif kind == "float_list":  # every element of the vectors
+            out[name] = {
+                "histogram": histogram(pc.list_flatten(column).cast(pa.float64()).to_numpy(zero_copy_only=False))
+            }
         else:
             out[name] = {"histogram": histogram(data.float_values(column))}
     return out

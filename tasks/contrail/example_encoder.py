@@ -173,13 +173,13 @@ def _payload(kind: str, array: pa.Array) -> tuple[Part, np.ndarray]:
 
 
 def _list_payload(kind: str, array: pa.FixedSizeListArray, present: np.ndarray) -> Block:
-    """A fixed-length list per row (a packed FloatList or Int64List). A missing list, or a
-    missing item in one, is not representable in a fixed-length feature: the caller checks
-    nullability before encoding, so here they are an error."""
+    """A fixed-length list per row (a packed FloatList or Int64List). A missing list is an
+    absent feature (its row's payload here is whatever the slot holds, and is left out); a missing
+    item inside a list is not representable, so it is an error (NaN, a float, is fine)."""
     n, size = len(array), array.type.list_size
-    items = array.flatten()
-    if not present.all() or items.null_count:
-        raise ValueError(f"a fixed-length list column cannot hold missing values ({array.type})")
+    items = array.values.slice(array.offset * size, n * size)  # every slot, a missing list's too
+    if items.null_count:
+        raise ValueError(f"a fixed-length list column cannot hold missing items ({array.type})")
     if kind == "float":
         values = np.asarray(items.cast(pa.float32()).to_numpy(zero_copy_only=False), dtype="<f4")
         return Block(values.view(np.uint8).reshape(n, 4 * size), np.full(n, 4 * size, dtype=np.int64))

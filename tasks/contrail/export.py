@@ -227,7 +227,7 @@ def write_saved_model(model, schema: dict, path: Path) -> None:
     archive.add_endpoint(
         "predict",
         outputs,
-        input_signature=[{n: tf.TensorSpec([None], f.dtype, name=n) for n, f in parse_spec.items()}],
+        input_signature=[{n: tf.TensorSpec([None, *f.shape], f.dtype, name=n) for n, f in parse_spec.items()}],
     )
     with contextlib.redirect_stdout(_LogWriter()):
         archive.write_out(str(path), verbose=False)
@@ -245,7 +245,9 @@ class _LogWriter:
 def signature_description(schema: dict) -> dict:
     inputs = {
         f["name"]: {
-            "dtype": {"float": "float32", "int": "int64", "string": "string"}[f["type"]],
+            "dtype": {"float": "float32", "int": "int64", "string": "string"}.get(
+                f["type"], f"float32 [batch, {f.get('length')}]"
+            ),
             "nullable": f["nullable"],
         }
         for f in schema["features"]

@@ -31,7 +31,7 @@ from contrail.errors import TrainingError, translate
 from contrail.spec import LoadedSpec, TrainSpec
 from contrail.tfrecord import INT_MISSING, PACKED_FEATURE
 
-_DTYPES = {"float": tf.float32, "int": tf.int64, "string": tf.string}
+_DTYPES = {"float": tf.float32, "int": tf.int64, "string": tf.string, "float_list": tf.float32}
 
 
 class NumericEncoder(keras.layers.Layer):
@@ -70,6 +70,22 @@ class ImputeMissing(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "fill": self.fill, "is_int": self.is_int}
+
+
+class VectorEncoder(keras.layers.Layer):
+    """A float vector [B, L]: missing elements (NaN) → `fill`, then (x - shift) / scale."""
+
+    def __init__(self, fill: float, shift: float, scale: float, **kwargs):
+        super().__init__(**kwargs)
+        self.fill, self.shift, self.scale = float(fill), float(shift), float(scale)
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        x = ops.where(ops.isfinite(x), x, self.fill)
+        return (x - self.shift) / self.scale
+
+    def get_config(self):
+        return {**super().get_config(), "fill": self.fill, "shift": self.shift, "scale": self.scale}
 
 
 class LogEncoder(keras.layers.Layer):
@@ -129,7 +145,8 @@ def build_model(schema: dict, loaded: LoadedSpec, params: dict, build_fn: Callab
     inputs, encoded = {}, {}
     for feature in schema["features"]:
         name, kind = feature["name"], feature["type"]
-        inputs[name] = keras.Input(shape=(), dtype=_DTYPES[kind].name, name=name)
+        shape = (feature["length"],) if kind == "float_list" else ()
+        inputs[name] = keras.Input(shape=shape, dtype=_DTYPES[kind].name, name=name)
         encoded[name] = encode_feature(feature, inputs[name])
     for cross in schema.get("crosses", ()):
         encoded[cross["name"]] = _encode_cross(cross, [inputs[n] for n in cross["features"]])
@@ -149,23 +166,53 @@ def build_model(schema: dict, loaded: LoadedSpec, params: dict, build_fn: Callab
 
 
 def encode_feature(feature: dict, raw):
-    """A raw feature tensor [B] → what build_fn receives, by the schema's `encoding` (absent:
-    one-hot over the vocabulary for strings, standardized for numbers, as before encodings)."""
+    """A raw feature tensor [B] ([B, length] for a float_list) → what build_fn receives, by the
+    schema's `encoding` (absent: one-hot over the vocabulary for strings, standardized for
+    numbers, as before encodings)."""
     name, kind = feature["name"], feature["type"]
     encoding = feature.get("encoding") or {"kind": "one_hot" if kind == "string" else "normalized"}
     how, layer = encoding["kind"], f"encode_{name}"
+    if kind == "float_list":  # [B, length]: missing → the train mean, then standardized (or not)
+        std = feature["std"] if how == "normalized" else 1.0
+        shift = feature["mean"] if how == "normalized" else 0.0
+        return VectorEncoder(feature["mean"], shift, std, name=layer)(raw)
     if how in ("one_hot", "category", "embedding"):
-        vocabulary = feature["vocabulary"] or (["<none>"] if kind == "string" else [0])
-        if kind == "string":
-            lookup = keras.layers.StringLookup
-        else:  # its OOV token is -1 by default, which a vocabulary of ints may well hold
-            lookup = functools.partial(keras.layers.IntegerLookup, oov_token=int(INT_MISSING))
-        if how != "embedding":
-            return lookup(vocabulary=vocabulary, num_oov_indices=1, output_mode="one_hot", name=layer)(raw)
-        # Internal layers get prefixes of their own: `encode_<a>_index` could be feature a_index's.
-        index = lookup(vocabulary=vocabulary, num_oov_indices=1, name=f"index_{name}")(raw)
-        return _embed(index, len(vocabulary) + 1, encoding["dim"], layer)
-    if how == "text":
+        return _encode_lookup(feature, encoding, raw)
+    if how in ("text", "hashed"):
+        return _encode_tokens(feature, encoding, raw)
+    is_int = kind == "int"
+    if how == "discretized":
+        value = ImputeMissing(feature["mean"], is_int=is_int, name=f"impute_{name}")(raw)
+        index = keras.layers.Discretization(bin_boundaries=feature["boundaries"], name=f"bucket_{name}")(value)
+        return keras.layers.CategoryEncoding(
+            num_tokens=len(feature["boundaries"]) + 1, output_mode="one_hot", name=layer
+        )(index)
+    if how == "log":
+        return LogEncoder(feature["mean"], feature["log_mean"], feature["log_std"], is_int=is_int, name=layer)(raw)
+    if how == "none":
+        return ops.expand_dims(ImputeMissing(feature["mean"], is_int=is_int, name=layer)(raw), -1)
+    return NumericEncoder(feature["mean"], feature["std"], is_int=is_int, name=layer)(raw)
+
+
+def _encode_lookup(feature: dict, encoding: dict, raw):
+    """one_hot, category or embedding: a vocabulary lookup with an out-of-vocabulary index."""
+    name, kind, layer = feature["name"], feature["type"], f"encode_{feature['name']}"
+    vocabulary = feature["vocabulary"] or (["<none>"] if kind == "string" else [0])
+    if kind == "string":
+        lookup = keras.layers.StringLookup
+    else:  # its OOV token is -1 by default, which a vocabulary of ints may well hold
+        lookup = functools.partial(keras.layers.IntegerLookup, oov_token=int(INT_MISSING))
+    if encoding["kind"] != "embedding":
+        return lookup(vocabulary=vocabulary, num_oov_indices=1, output_mode="one_hot", name=layer)(raw)
+    # Internal layers get prefixes of their own: `encode_<a>_index` could be feature a_index's.
+    index = lookup(vocabulary=vocabulary, num_oov_indices=1, name=f"index_{name}")(raw)
+    return _embed(index, len(vocabulary) + 1, encoding["dim"], layer)
+
+
+def _encode_tokens(feature: dict, encoding: dict, raw):
+    """text (TextVectorization over the train vocabulary) or hashed (one-hot or embedded bins)."""
+    name, layer = feature["name"], f"encode_{feature['name']}"
+    if encoding["kind"] == "text":
         return keras.layers.TextVectorization(
             standardize="lower_and_strip_punctuation",
             split="whitespace",
@@ -176,24 +223,10 @@ def encode_feature(feature: dict, raw):
             idf_weights=feature.get("idf") if encoding["output"] == "tf_idf" else None,
             name=layer,
         )(raw)
-    if how == "hashed":
-        index = keras.layers.Hashing(num_bins=encoding["bins"], name=f"hash_{name}")(raw)
-        if "dim" in encoding:
-            return _embed(index, encoding["bins"], encoding["dim"], layer)
-        return keras.layers.CategoryEncoding(num_tokens=encoding["bins"], output_mode="one_hot", name=layer)(index)
-    if how == "discretized":
-        value = ImputeMissing(feature["mean"], is_int=kind == "int", name=f"impute_{name}")(raw)
-        index = keras.layers.Discretization(bin_boundaries=feature["boundaries"], name=f"bucket_{name}")(value)
-        return keras.layers.CategoryEncoding(
-            num_tokens=len(feature["boundaries"]) + 1, output_mode="one_hot", name=layer
-        )(index)
-    if how == "log":
-        return LogEncoder(feature["mean"], feature["log_mean"], feature["log_std"], is_int=kind == "int", name=layer)(
-            raw
-        )
-    if how == "none":
-        return ops.expand_dims(ImputeMissing(feature["mean"], is_int=kind == "int", name=layer)(raw), -1)
-    return NumericEncoder(feature["mean"], feature["std"], is_int=kind == "int", name=layer)(raw)
+    index = keras.layers.Hashing(num_bins=encoding["bins"], name=f"hash_{name}")(raw)
+    if "dim" in encoding:
+        return _embed(index, encoding["bins"], encoding["dim"], layer)
+    return keras.layers.CategoryEncoding(num_tokens=encoding["bins"], output_mode="one_hot", name=layer)(index)
 
 
 def _embed(index, tokens: int, dim: int, name: str):
@@ -248,6 +281,11 @@ def feature_parse_spec(schema: dict) -> dict[str, tf.io.FixedLenFeature]:
     spec = {}
     for feature in schema["features"]:
         kind, nullable = feature["type"], feature["nullable"]
+        if kind == "float_list":  # a vector of `length` floats; a missing one reads as NaNs
+            length = feature["length"]
+            default = [math.nan] * length if nullable else None
+            spec[feature["name"]] = tf.io.FixedLenFeature([length], tf.float32, default_value=default)
+            continue
         default = {"float": math.nan, "int": int(INT_MISSING), "string": ""}[kind] if nullable else None
         spec[feature["name"]] = tf.io.FixedLenFeature([], _DTYPES[kind], default_value=default)
     return spec

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from contrail import artifacts, cache, data, drift, example_encoder, layout, spill, split, statistics, tfrecord
@@ -384,11 +385,27 @@ def _from_cache(
     return result
 
 
+def _fixed_list(column: pa.ChunkedArray, length: int) -> pa.Array:
+    """A float_list column (checked: every list of `length`) as the encoder's fixed-size float
+    lists; a null list stays null, and the record leaves the feature out."""
+    array = column.combine_chunks() if column.num_chunks else pa.array([], pa.list_(pa.float64()))
+    matrix = data.list_matrix(array, length).astype(np.float32)
+    present = np.asarray(pc.is_valid(array).to_numpy(zero_copy_only=False), dtype=bool) if len(array) else None
+    values = pa.array(matrix.reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(values, length, mask=None if present is None else pa.array(~present))
+
+
 def _encoded_columns(table: pa.Table, spec: DataSpec, packed: list[str]) -> list[tuple[str, str, pa.Array]]:
     """(name, Example list kind, values) for every feature, the label and the key; the
     `packed` features as one fixed-length float list."""
     kinds = {"float": "float", "int": "int", "string": "bytes"}
-    columns = [(n, kinds[f.type], table.column(n)) for n, f in spec.features.items() if n not in packed]
+    columns = [
+        (n, "float", _fixed_list(table.column(n), f.length))
+        if f.type == "float_list"
+        else (n, kinds[f.type], table.column(n))
+        for n, f in spec.features.items()
+        if n not in packed
+    ]
     if packed:
         dense = np.stack([table.column(n).to_numpy().astype(np.float32) for n in packed], axis=1)
         lists = pa.FixedSizeListArray.from_arrays(pa.array(dense.reshape(-1)), len(packed))

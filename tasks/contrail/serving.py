@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from contrail import artifacts
-from contrail.data import float_values
+from contrail.data import float_values, list_matrix
 from contrail.errors import InferenceError, translate, translating
 from contrail.layout import ModelsLayout, PipelineLayout, VersionDir
 from contrail.tfrecord import INT_MISSING
@@ -38,7 +38,9 @@ def signature_inputs(table: pa.Table, schema: dict, *, source: str = "input") ->
                 f"{source}: expected feature column {name!r}, found only {', '.join(map(repr, table.column_names))}"
             )
         column = table.column(name)
-        if kind == "float":
+        if kind == "float_list":  # [rows, length]; a missing vector is a row of NaN
+            inputs[name] = list_matrix(column, feature["length"]).astype(np.float32)
+        elif kind == "float":
             inputs[name] = float_values(column).astype(np.float32)
         elif kind == "int":
             values = column.to_pylist()

@@ -45,6 +45,7 @@ ENCODINGS: dict[str, tuple[str, ...]] = {
     "string": ("one_hot", "embedding", "hashed", "auto", "text"),
     "int": ("normalized", "category", "embedding", "hashed", "discretized", "log", "none"),
     "float": ("normalized", "discretized", "log", "none"),
+    "float_list": ("normalized", "none"),
 }
 # `auto` for a string: one-hot up to this many vocabulary values, an embedding beyond.
 AUTO_ONE_HOT_MAX = 50
@@ -110,10 +111,20 @@ class FeatureSpec(_Strict):
     """One input column. `float` and `int` are normalized and `string` one-hot encoded over a
     vocabulary unless `encoding` says otherwise."""
 
-    type: Literal["float", "int", "string"]
+    type: Literal["float", "int", "string", "float_list"]
     nullable: bool = False
     max_vocab_size: int = Field(default=10_000, gt=0)
     encoding: EncodingSpec | None = None
+    # float_list: a vector of this many floats per row (an embedding computed elsewhere, say).
+    length: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _length_with_lists(self) -> FeatureSpec:
+        if self.type == "float_list" and self.length is None:
+            raise ValueError("expected a length for a float_list feature, found none")
+        if self.type != "float_list" and self.length is not None:
+            raise ValueError(f"expected length only with float_list, found it with {self.type}")
+        return self
 
     @model_validator(mode="after")
     def _encoding_fits_the_type(self) -> FeatureSpec:
@@ -207,6 +218,9 @@ class DataSpec(_Strict):
             raise ValueError(f"label column {self.label.column!r} must not also be a feature")
         if self.key is not None and (self.key in self.features or self.key == self.label.column):
             raise ValueError(f"key column {self.key!r} must not also be a feature or the label")
+        lists = [n for n, f in self.features.items() if f.type == "float_list"]
+        if lists and self.format == "csv":
+            raise ValueError(f"expected Parquet for float_list features ({', '.join(lists)}), found format csv")
         unknown = sorted(set(self.drift.per_feature) - set(self.features)) if self.drift else []
         if unknown:
             raise ValueError(f"drift.per_feature: expected features of data.features, found {', '.join(unknown)}")

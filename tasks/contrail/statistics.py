@@ -42,10 +42,15 @@ def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
                 "eval_error": 0,
             }
         else:
-            values = data.float_values(train)
+            if fspec.type == "float_list":  # every element of the vectors; a missing vector counts once
+                values = data.list_matrix(train, fspec.length).reshape(-1)
+                missing = int(column.null_count)
+            else:
+                values = data.float_values(train)
+                missing = int(np.isnan(data.float_values(column)).sum())
             finite = values[np.isfinite(values)]
             out["features"][name] = {
-                "missing": int(np.isnan(data.float_values(column)).sum()),
+                "missing": missing,
                 **_moments(finite),
                 "histogram": drift.histogram(finite),
             }
@@ -277,6 +282,8 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
             mean = moments["mean"] if moments["n"] else 0.0
             std = math.sqrt(moments["m2"] / moments["n"]) if moments["n"] else 1.0
             entry.update(mean=mean, std=std if std > 1e-12 else 1.0)
+            if fspec.type == "float_list":
+                entry["length"] = fspec.length
             histogram = drift.merge_histograms([p["histogram"] for p in parts])
             entry.update(_numeric_encoding(fspec, parts, histogram))
             stat.update(

@@ -144,6 +144,11 @@ class TestSpecInvalid:
                 id="the-same-cross-twice",
             ),
             pytest.param(
+                {"data": {"features": {"bill_length_mm": {"type": "float_list"}}}},
+                r"field 'data\.features\.bill_length_mm': .*expected a length for a float_list feature, found none",
+                id="float-list-without-a-length",
+            ),
+            pytest.param(
                 {"train": {"class_weight": {"Adelie": 0}}},
                 r"field 'train\.class_weight.*expected greater than 0",
                 id="class-weight-of-zero",
