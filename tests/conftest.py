@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests_support import airflow_env, spec_variant
+from tests_support import airflow_env, run_steps, spec_variant
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -48,19 +48,11 @@ def airflow_home(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def penguins_run(tmp_path_factory, penguins_dir) -> dict:
     """Preprocess, train and select_best on penguins once, for the tests of later steps."""
-    from contrail import preprocess, select_best, train
-
     base = tmp_path_factory.mktemp("penguins_run")
     spec_path = spec_variant(base / "pipelines", data_dir=penguins_dir)
     run_dir = base / "artifacts" / "penguins" / "runs" / "r1"
-    pre = preprocess.run(
-        preprocess.PreprocessArgs(
-            str(spec_path), str(penguins_dir / "penguins" / "*.parquet"), str(run_dir / "preprocess")
-        )
-    )
-    trained = train.run(train.TrainArgs(str(spec_path), pre, str(run_dir / "train")))
-    best = select_best.run(select_best.SelectBestArgs(str(spec_path), trained, str(run_dir / "select_best")))
-    return {"spec": spec_path, "base": base, "run_dir": run_dir, "preprocess": pre, "train": trained, "best": best}
+    stages = run_steps(spec_path, str(penguins_dir / "penguins" / "*.parquet"), run_dir)
+    return {**stages, "base": base, "run_dir": run_dir}
 
 
 @pytest.fixture(scope="session")

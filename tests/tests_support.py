@@ -1,7 +1,9 @@
 """Helpers the test modules import (pytest puts this folder on sys.path); `conftest.py` builds its
 fixtures from them, never the other way round.
 
-- `spec_variant`: the one way to write a spec for a test (a shipped spec with changes).
+- `spec_variant`: the one way to write a spec for a test (a shipped spec with changes);
+  `write_spec` for a spec of a test's own data, beside the shipped MLP.
+- `run_steps`: preprocess, train and select_best of a spec: what the later steps take.
 - `wait_until`: the one poll loop.
 - `airflow_env`: the environment of an Airflow process with its own home.
 - `saved_model_check`: load an exported model in a fresh process, with TensorFlow alone.
@@ -73,6 +75,27 @@ def spec_variant(
     path = directory / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def write_spec(directory: Path, spec: dict, module: str) -> Path:
+    """`spec` (a test's own data, not a shipped pipeline's) as `<directory>/<name>.yaml`, beside
+    the shipped MLP (`penguins_model.py`) copied as `<module>.py`; returns the spec's path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PIPELINES / "penguins_model.py", directory / f"{module}.py")
+    path = directory / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def run_steps(spec: Path, source: str, run: Path, **train_overrides: Any) -> dict:
+    """Preprocess `source`, train and select_best under `run/<step>`, as a DAG run would: the
+    stages export and the other later steps take (`spec`, `preprocess`, `train`, `best`)."""
+    from contrail import preprocess, select_best, train
+
+    pre = preprocess.run(preprocess.PreprocessArgs(str(spec), source, str(run / "preprocess")))
+    trained = train.run(train.TrainArgs(str(spec), pre, str(run / "train"), train_overrides=train_overrides))
+    best = select_best.run(select_best.SelectBestArgs(str(spec), trained, str(run / "select_best")))
+    return {"spec": spec, "preprocess": pre, "train": trained, "best": best}
 
 
 def _drop_nones(node: Any) -> Any:

@@ -4,7 +4,6 @@ checks (both signatures, the in-memory model, a fresh process) cover every one o
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tests_support import run_export, saved_model_check
+from tests_support import run_export, run_steps, saved_model_check, write_spec
 
-from contrail import artifacts, preprocess, select_best, train
+from contrail import artifacts
 from contrail.spec import load_spec
-
-PIPELINES = Path(__file__).resolve().parents[2] / "dags" / "pipelines"
 
 ENCODINGS = {
     "city": {"type": "string", "encoding": {"embedding": {"dim": 8}}},
@@ -78,19 +75,11 @@ def _spec(directory: Path, source: Path, features: dict, **extra) -> Path:
         },
         "export": {"promote_if": {"metric": "val_auc"}},
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PIPELINES / "penguins_model.py", directory / "encoded_model.py")
-    path = directory / "encoded.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    return write_spec(directory, spec, "encoded_model")
 
 
 def _pipeline(spec: Path, run: Path) -> dict:
-    source = yaml.safe_load(spec.read_text())["data"]["source"]
-    pre = preprocess.run(preprocess.PreprocessArgs(str(spec), source, str(run / "preprocess")))
-    trained = train.run(train.TrainArgs(str(spec), pre, str(run / "train")))
-    best = select_best.run(select_best.SelectBestArgs(str(spec), trained, str(run / "select_best")))
-    return {"spec": spec, "preprocess": pre, "train": trained, "best": best}
+    return run_steps(spec, yaml.safe_load(spec.read_text())["data"]["source"], run)
 
 
 @pytest.fixture(scope="module")

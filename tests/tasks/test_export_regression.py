@@ -9,21 +9,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from tests_support import run_export, saved_model_check, spec_variant
+from tests_support import run_export, run_steps, saved_model_check, spec_variant
 
-from contrail import export, inference, preprocess, select_best, train
+from contrail import export, inference
 from contrail.demo import write_cars
 from contrail.errors import ExportError
 from contrail.results import ExportResult
 
 
 def _pipeline(spec: Path, data: Path, run: Path, **train_overrides) -> dict:
-    pre = preprocess.run(
-        preprocess.PreprocessArgs(str(spec), str(data / "cars" / "*.parquet"), str(run / "preprocess"))
-    )
-    trained = train.run(train.TrainArgs(str(spec), pre, str(run / "train"), train_overrides=train_overrides))
-    best = select_best.run(select_best.SelectBestArgs(str(spec), trained, str(run / "select_best")))
-    return {"spec": spec, "preprocess": pre, "train": trained, "best": best}
+    return run_steps(spec, str(data / "cars" / "*.parquet"), run, **train_overrides)
 
 
 @pytest.fixture(scope="module")

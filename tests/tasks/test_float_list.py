@@ -4,7 +4,6 @@ a [batch, length] tensor by `predict` and as a FloatList by `serving_default`.""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,13 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tests_support import run_export
+from tests_support import run_export, run_steps, write_spec
 
-from contrail import artifacts, inference, preprocess, select_best, train
+from contrail import artifacts, inference, preprocess
 from contrail.errors import SchemaMismatchError, SpecError
 from contrail.spec import load_spec
 
-PIPELINES = Path(__file__).resolve().parents[2] / "dags" / "pipelines"
 LENGTH = 8
 
 
@@ -59,11 +57,7 @@ def _spec(directory: Path, source: Path, **data) -> Path:
         "train": {"batch_size": 64, "max_steps": 300, "eval_every_steps": 100, "early_stopping": None, "seed": 1},
         "export": {"promote_if": {"metric": "val_auc"}},
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PIPELINES / "penguins_model.py", directory / "vectors_model.py")
-    path = directory / "vectors.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    return write_spec(directory, spec, "vectors_model")
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +66,7 @@ def vectors(tmp_path_factory) -> dict:
     (base / "data").mkdir()
     pq.write_table(_table(3_000, seed=0), base / "data" / "part-0.parquet")
     spec = _spec(base / "spec", base / "data")
-    pre = preprocess.run(preprocess.PreprocessArgs(str(spec), str(base / "data" / "*.parquet"), str(base / "pre")))
-    trained = train.run(train.TrainArgs(str(spec), pre, str(base / "train")))
-    best = select_best.run(select_best.SelectBestArgs(str(spec), trained, str(base / "best")))
-    return {"base": base, "spec": spec, "preprocess": pre, "train": trained, "best": best}
+    return {"base": base, **run_steps(spec, str(base / "data" / "*.parquet"), base / "run")}
 
 
 def test_build_fn_receives_the_vector_standardized(vectors):

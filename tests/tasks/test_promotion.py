@@ -10,7 +10,6 @@ below is the same on every run.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tests_support import run_export
+from tests_support import run_export, run_steps, write_spec
 
-from contrail import artifacts, export, preprocess, report, select_best, train
+from contrail import artifacts, export, report
 from contrail.layout import ModelsLayout
-
-PIPELINES = Path(__file__).resolve().parents[2] / "dags" / "pipelines"
 
 
 def _table(rows: int, seed: int) -> pa.Table:
@@ -54,19 +51,11 @@ def _spec(directory: Path, source: Path, *, eval_fraction: float, promote_if: di
         },
         "export": {"promote_if": promote_if},
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PIPELINES / "penguins_model.py", directory / "noisy_model.py")
-    path = directory / "noisy.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    return write_spec(directory, spec, "noisy_model")
 
 
 def _pipeline(spec: Path, run: Path, **overrides) -> dict:
-    data = yaml.safe_load(spec.read_text())["data"]["source"]
-    pre = preprocess.run(preprocess.PreprocessArgs(str(spec), data, str(run / "preprocess")))
-    trained = train.run(train.TrainArgs(str(spec), pre, str(run / "train"), train_overrides=overrides))
-    best = select_best.run(select_best.SelectBestArgs(str(spec), trained, str(run / "select_best")))
-    return {"spec": spec, "preprocess": pre, "train": trained, "best": best}
+    return run_steps(spec, yaml.safe_load(spec.read_text())["data"]["source"], run, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +82,7 @@ def _with_rule(stages: dict, directory: Path, **promote_if) -> dict:
     """The same stages under a copy of their spec whose promote_if has `promote_if` merged in."""
     spec = yaml.safe_load(stages["spec"].read_text())
     spec["export"]["promote_if"].update(promote_if)
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(stages["spec"].parent / "noisy_model.py", directory / "noisy_model.py")
-    path = directory / "noisy.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return {**stages, "spec": path}
+    return {**stages, "spec": write_spec(directory, spec, "noisy_model")}
 
 
 def test_the_blessing_scores_the_whole_eval_split(runs, tmp_path):

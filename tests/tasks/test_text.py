@@ -4,7 +4,6 @@ Trained, exported with its parity checks, and served from a fresh process."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,13 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from tests_support import run_export
+from tests_support import run_export, run_steps, write_spec
 
-from contrail import artifacts, preprocess, select_best, text, train
+from contrail import artifacts, preprocess, text
 from contrail.errors import EmptyInputError
 from contrail.spec import load_spec
 
-PIPELINES = Path(__file__).resolve().parents[2] / "dags" / "pipelines"
 GOOD = ["great", "lovely", "superb", "tasty", "friendly", "fresh"]
 BAD = ["awful", "cold", "rude", "stale", "bland", "slow"]
 FILLER = ["the", "food", "was", "and", "service", "place", "very", "quite", "our", "table", "really"]
@@ -54,11 +52,7 @@ def _spec(directory: Path, source: Path, encoding: dict) -> Path:
         "train": {"batch_size": 64, "max_steps": 300, "eval_every_steps": 100, "early_stopping": None, "seed": 1},
         "export": {"promote_if": {"metric": "val_auc"}},
     }
-    directory.mkdir(parents=True, exist_ok=True)
-    shutil.copy(PIPELINES / "penguins_model.py", directory / "reviews_model.py")
-    path = directory / "reviews.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    return path
+    return write_spec(directory, spec, "reviews_model")
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +61,7 @@ def reviews(tmp_path_factory) -> dict:
     (base / "data").mkdir()
     pq.write_table(_reviews(3_000, seed=0), base / "data" / "part-0.parquet")
     spec = _spec(base / "spec", base / "data", {"text": {"ngrams": 2, "output": "tf_idf", "max_tokens": 500}})
-    pre = preprocess.run(preprocess.PreprocessArgs(str(spec), str(base / "data" / "*.parquet"), str(base / "pre")))
-    trained = train.run(train.TrainArgs(str(spec), pre, str(base / "train")))
-    best = select_best.run(select_best.SelectBestArgs(str(spec), trained, str(base / "best")))
-    return {"base": base, "spec": spec, "preprocess": pre, "train": trained, "best": best}
+    return {"base": base, **run_steps(spec, str(base / "data" / "*.parquet"), base / "run")}
 
 
 def test_pyarrow_tokenizes_as_the_layer_does():
