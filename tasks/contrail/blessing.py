@@ -157,7 +157,8 @@ def promote(
     run_key: str = "",
 ) -> dict:
     """Bless the candidate if it beats production on the whole eval split; always say why.
-    `evaluate` is the spec's `evaluate` section: more metrics, and slices.
+    `evaluate` is the spec's `evaluate` section: more metrics, and slices (as
+    `EvaluateSpec.slice_keys` gives them: a tuple of feature names each).
 
     Scoring (minutes on a large split with a bootstrap) runs outside the promotion lock; under
     it, `production.json` is read again, and if another promotion or a rollback moved it in the
@@ -289,7 +290,7 @@ def _decide_and_record(
         targets,
         task,
         split.columns,
-        [tuple(k) if not isinstance(k, str) else (k,) for k in evaluate.get("slices", ())],
+        evaluate.get("slices", ()),
         metric=metric,
         mode=mode,
         min_count=evaluate.get("min_count", 30),

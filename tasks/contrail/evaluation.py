@@ -71,6 +71,8 @@ def score(
     whole = Resamples.whole(len(targets))
     scores = {name: float(metric_function(outputs, targets, task, name)(whole)[0]) for name in METRICS[task]}
     for name in extra:
+        if f"val_{name}" in scores:  # a regression's mae and rmse are its task metrics already
+            continue
         if name == "per_class_recall":
             scores.update(_per_class_recall(outputs, targets, classes))
         else:
@@ -148,12 +150,6 @@ _EXTRA: dict[str, Callable[[Mapping[str, np.ndarray], np.ndarray], float]] = {
     "log_loss": _crossentropy,
     "calibration_error": _calibration_error,
     "mape": _mape,
-    "mae": lambda outputs, targets: float(
-        np.mean(np.abs(outputs["value"].astype(np.float64).reshape(-1) - targets.astype(np.float64)))
-    ),
-    "rmse": lambda outputs, targets: float(
-        np.sqrt(np.mean((outputs["value"].astype(np.float64).reshape(-1) - targets.astype(np.float64)) ** 2))
-    ),
 }
 
 

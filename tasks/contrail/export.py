@@ -113,7 +113,7 @@ def run(args: ExportArgs) -> ExportResult:
         candidate,
         blessing.EvalSplit(eval_batches, targets, columns),
         loaded.spec.export.promote_if.model_dump(),
-        evaluate=loaded.spec.evaluate.model_dump(),
+        evaluate={**loaded.spec.evaluate.model_dump(), "slices": loaded.spec.evaluate.slice_keys()},
         force=args.force_promote,
         run_key=args.run_key,
     )
