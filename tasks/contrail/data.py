@@ -43,7 +43,7 @@ class Column:
 
     name: str
     role: str  # "feature", "label" or "key"
-    type: str  # "float", "int", "string", "float_list", or "label:<task>", "key"
+    type: str  # "float", "int", "string", "float_list", "int_list", "string_list", or "label:<task>", "key"
     nullable: bool
     length: int | None = None  # a float_list's
 
@@ -327,6 +327,8 @@ def _checked(array: pa.ChunkedArray, column: Column, path: InputFile, offset: in
     what = f"{column.role.capitalize()} {column.name!r} in {path}"
     if column.type == "float_list":
         return _checked_list(array, column, path, what, offset)
+    if column.type in ("int_list", "string_list"):
+        return _checked_ragged(array, column, path, what, offset)
     kind = column.type.removeprefix("label:")
     kind = _KINDS.get(kind, kind)
     if pa.types.is_dictionary(array.type):
@@ -373,6 +375,43 @@ def _checked_list(array: pa.ChunkedArray, column: Column, path: InputFile, what:
                 f"{what}: expected finite values (nullable: false), found NaN or infinity", path=str(path)
             )
     return array
+
+
+def _checked_ragged(array: pa.ChunkedArray, column: Column, path: InputFile, what: str, offset: int) -> pa.ChunkedArray:
+    """An int_list or string_list column: lists of any length, each item present (a list may be
+    empty; a null list only when nullable), as list<int64> or list<string>."""
+    kind, item = array.type, column.type.removesuffix("_list")
+    accepts, target = (_is_integral, pa.int64()) if item == "int" else (_is_text, pa.string())
+    if pa.types.is_dictionary(getattr(kind, "value_type", None) or pa.null()):
+        array = array.cast(pa.list_(kind.value_type.value_type))
+        kind = array.type
+    if not (
+        (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind))
+        and accepts(kind.value_type)
+    ):
+        raise SchemaMismatchError(f"{what}: expected a list of {item}s per row, found {kind}", path=str(path))
+    array = array.cast(pa.list_(target))
+    for chunk_offset, chunk in _chunks_with_offsets(array):
+        items = chunk.values.slice(chunk.offsets[0].as_py(), chunk.offsets[-1].as_py() - chunk.offsets[0].as_py())
+        if items.null_count:  # which row: the list whose span holds the first missing item
+            first = _first_index(pc.is_null(items))
+            starts = chunk.offsets.to_numpy()[1:] - chunk.offsets[0].as_py()
+            row = offset + chunk_offset + int(np.searchsorted(starts, first, side="right"))
+            raise SchemaMismatchError(
+                f"{what}: expected every item of a list present, found a missing item at row {row} "
+                "(leave the item out; a missing list is a null list)",
+                path=str(path),
+            )
+    if not column.nullable:
+        _check_present(array, what, path, offset)
+    return array
+
+
+def _chunks_with_offsets(array: pa.ChunkedArray):
+    at = 0
+    for chunk in array.chunks:
+        yield at, chunk
+        at += len(chunk)
 
 
 def list_matrix(array: pa.ChunkedArray | pa.Array, length: int) -> np.ndarray:

@@ -71,8 +71,8 @@ def summarize(table: pa.Table, features: Mapping[str, str]) -> dict:
                 "value_total": sum(ngrams_counts.values()),
                 "value_kind": kind,  # tokens: comparable only with the same tokenization
             }
-        elif kind == "string":
-            values = column.drop_null()
+        elif kind in ("string", "string_list", "int_list"):  # a list's items, as its statistics count them
+            values = column.drop_null() if kind == "string" else pc.list_flatten(column).cast(pa.string())
             values = values.filter(pc.not_equal(values, "")) if len(values) else values
             counts = pc.value_counts(values)
             out[name] = {

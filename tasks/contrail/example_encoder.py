@@ -158,6 +158,8 @@ def _payload(kind: str, array: pa.Array) -> tuple[Part, np.ndarray]:
     present = np.asarray(pc.is_valid(array).to_numpy(zero_copy_only=False), dtype=bool)
     if pa.types.is_fixed_size_list(array.type):
         return _list_payload(kind, array, present), present
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        return _ragged_list_payload(kind, array), present
     if kind == "float":
         values = np.asarray(pc.fill_null(array.cast(pa.float32()), 0.0).to_numpy(zero_copy_only=False), dtype="<f4")
         present &= ~np.isnan(values)
@@ -189,6 +191,29 @@ def _list_payload(kind: str, array: pa.FixedSizeListArray, present: np.ndarray) 
     raise ValueError(f"fixed-length lists of {kind} are not supported; use float or int")
 
 
+def _ragged_list_payload(kind: str, array: pa.ListArray | pa.LargeListArray) -> Ragged:
+    """A list of any length per row: packed varints (an Int64List's payload) or the BytesList's
+    repeated `0x0A varint(len) value` items, laid out item by item in one buffer (one Arrow
+    join over the items, never a rows x longest-list matrix), each row its items' span."""
+    offsets = np.asarray(array.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
+    first, last = int(offsets[0]), int(offsets[-1])
+    items = array.values.slice(first, last - first)
+    if items.null_count:
+        raise ValueError(f"a list column cannot hold missing items ({array.type})")
+    if kind == "int":
+        values = np.asarray(items.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+        item_parts = [varint_block(values.view(np.uint64))]
+    elif kind == "bytes":
+        value, value_offsets = binary_buffers(items.cast(pa.large_binary()))
+        lengths = np.diff(value_offsets)
+        item_parts = [_const(len(items), b"\x0a"), varint_block(lengths), Ragged(value, value_offsets[:-1], lengths)]
+    else:
+        raise ValueError(f"lists of any length hold int or bytes items, found {kind}; use float_list for floats")
+    laid = _lay_out(item_parts)  # no items at all: no bytes, one offset
+    starts, ends = laid.offsets[offsets[:-1] - first], laid.offsets[offsets[1:] - first]
+    return Ragged(laid.data, starts, ends - starts)
+
+
 def encode_feature(name: str, kind: str, array: pa.Array) -> list[Part]:
     """One map entry (`0x0A len entry`) per row, as parts to lay out in order; nothing where missing."""
     payload, present = _payload(kind, array)
@@ -203,19 +228,24 @@ def encode_feature(name: str, kind: str, array: pa.Array) -> list[Part]:
         inner = key_part + bytes([0x12]) + _varint(len(feature) + width) + feature
         header = bytes([0x0A]) + _varint(len(inner) + width) + inner
         return [_const(n, header), payload]
-    if kind == "bytes":
-        return _ragged_entry(key_part, _FEATURE_TAG[kind], payload, present)
+    if isinstance(payload, Ragged):  # a bytes value, or a list of any length
+        items = pa.types.is_list(array.type) or pa.types.is_large_list(array.type)
+        # A list of bytes is already the BytesList's body (its repeated values); a bytes value
+        # and packed varints get the one length-delimited field around them.
+        return _ragged_entry(key_part, _FEATURE_TAG[kind], payload, present, wrap=not (items and kind == "bytes"))
     feature = _delimited(_FEATURE_TAG[kind], _delimited(0x0A, payload))
     entry = _delimited(0x0A, join([_const(n, key_part), _delimited(0x12, feature)]))
     return [entry if present.all() else entry.absent(present)]
 
 
-def _ragged_entry(key_part: bytes, tag: int, payload: Ragged, present: np.ndarray) -> list[Part]:
-    """A map entry whose value has a length of its own per row (a bytes value): the framing as
-    one small padded block, computed from the lengths alone, then the value copied as it is."""
+def _ragged_entry(key_part: bytes, tag: int, payload: Ragged, present: np.ndarray, wrap: bool = True) -> list[Part]:
+    """A map entry whose value has a length of its own per row (a bytes value, a list of any
+    length): the framing as one small padded block, computed from the lengths alone, then the
+    value copied as it is. `wrap`: the list's body is `0x0A varint(len) payload` (one bytes
+    value, or packed varints); otherwise the payload is the body itself (a BytesList's items)."""
     n = len(present)
     value = payload.lengths
-    bytes_list = 1 + _varint_lengths(value) + value  # 0x0A varint(len) value
+    bytes_list = 1 + _varint_lengths(value) + value if wrap else value  # 0x0A varint(len) value
     feature = 1 + _varint_lengths(bytes_list) + bytes_list  # tag varint(len) BytesList
     entry = len(key_part) + 1 + _varint_lengths(feature) + feature  # key 0x12 varint(len) Feature
     header = join(
@@ -226,8 +256,7 @@ def _ragged_entry(key_part: bytes, tag: int, payload: Ragged, present: np.ndarra
             varint_block(feature),
             _const(n, bytes([tag])),
             varint_block(bytes_list),
-            _const(n, b"\x0a"),
-            varint_block(value),
+            *([_const(n, b"\x0a"), varint_block(value)] if wrap else []),
         ]
     )
     if present.all():
@@ -257,8 +286,10 @@ def encode_table(columns: Sequence[tuple[str, str, pa.Array]]) -> Encoded:
     """Serialized `tf.train.Example`s, one per row, from (name, kind, array) columns.
 
     `kind` is "float" (float32 list), "int" (int64 list) or "bytes" (bytes list). A column is
-    either scalars (one value a row, absent where missing) or a `FixedSizeList` (`k` values
-    a row, none missing), as `tf.io.FixedLenFeature([k])` reads it."""
+    scalars (one value a row, absent where missing), a `FixedSizeList` (`k` values a row, as
+    `tf.io.FixedLenFeature([k])` reads it), or, for ints and bytes, a `List` of any length per
+    row (as `tf.io.RaggedFeature` reads it); a missing list is an absent feature, and items
+    inside a list are never missing."""
     n = len(columns[0][2])
     columns = [
         (name, kind, array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array)

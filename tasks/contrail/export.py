@@ -221,13 +221,13 @@ def write_saved_model(model, schema: dict, path: Path) -> None:
     archive.track(model)
     archive.add_endpoint(
         "serving_default",
-        lambda examples: outputs(tf.io.parse_example(examples, parse_spec)),
+        lambda examples: outputs(model_lib.parse_examples(examples, parse_spec)),
         input_signature=[tf.TensorSpec([None], tf.string, name="examples")],
     )
     archive.add_endpoint(
         "predict",
         outputs,
-        input_signature=[{n: tf.TensorSpec([None, *f.shape], f.dtype, name=n) for n, f in parse_spec.items()}],
+        input_signature=[model_lib.predict_signature(schema)],
     )
     with contextlib.redirect_stdout(_LogWriter()):
         archive.write_out(str(path), verbose=False)
@@ -245,9 +245,14 @@ class _LogWriter:
 def signature_description(schema: dict) -> dict:
     inputs = {
         f["name"]: {
-            "dtype": {"float": "float32", "int": "int64", "string": "string"}.get(
-                f["type"], f"float32 [batch, {f.get('length')}]"
-            ),
+            "dtype": {
+                "float": "float32",
+                "int": "int64",
+                "string": "string",
+                "float_list": f"float32 [batch, {f.get('length')}]",
+                "int_list": "int64 [batch, longest list], padded with -9223372036854775808",
+                "string_list": 'string [batch, longest list], padded with ""',
+            }[f["type"]],
             "nullable": f["nullable"],
         }
         for f in schema["features"]

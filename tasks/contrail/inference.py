@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from contrail import artifacts, data, drift, serving
@@ -208,10 +209,15 @@ def _check_categories(table: pa.Table, features: dict, tolerance: float, path: d
     The model keeps its vocabulary, not every train value, so the cut's share is the train
     split's (`cut_fraction` in the schema), an estimate of the share it has here."""
     for name, feature in features.items():
-        if feature["type"] != "string" or (feature.get("encoding") or {}).get("kind") in ("hashed", "text"):
+        kind = feature["type"]
+        if kind not in ("string", "string_list", "int_list") or (feature.get("encoding") or {}).get("kind") in (
+            "hashed",
+            "text",
+        ):
             continue  # hashed: any value gets a bin; text: new words are what text has
         known = set(feature["vocabulary"])
-        values = [v for v in table.column(name).to_pylist() if v not in (None, "")]
+        column = table.column(name) if kind == "string" else pc.list_flatten(table.column(name))
+        values = [v for v in column.to_pylist() if v not in (None, "")]  # a list's items
         unknown = [v for v in values if v not in known]
         share, cut = (len(unknown) / len(values) if values else 0.0), feature.get("cut_fraction", 0.0)
         if share - cut > tolerance:

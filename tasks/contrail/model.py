@@ -31,7 +31,17 @@ from contrail.errors import TrainingError, translate
 from contrail.spec import LoadedSpec, TrainSpec
 from contrail.tfrecord import INT_MISSING, PACKED_FEATURE
 
-_DTYPES = {"float": tf.float32, "int": tf.int64, "string": tf.string, "float_list": tf.float32}
+_DTYPES = {
+    "float": tf.float32,
+    "int": tf.int64,
+    "string": tf.string,
+    "float_list": tf.float32,
+    "int_list": tf.int64,
+    "string_list": tf.string,
+}
+# Lists of any length reach the model padded to the batch's longest list with these values (the
+# `predict` signature takes them padded the same way): a missing list is all padding.
+LIST_PADDING = {"int_list": int(INT_MISSING), "string_list": ""}
 
 
 class NumericEncoder(keras.layers.Layer):
@@ -86,6 +96,16 @@ class VectorEncoder(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "fill": self.fill, "shift": self.shift, "scale": self.scale}
+
+
+class MeanOverItems(keras.layers.Layer):
+    """An embedding bag's combiner: the mean of the item embeddings [B, T, D] whose index [B, T]
+    is not padding (0), → [B, D]; a row with no items is zeros."""
+
+    def call(self, embedded, index):
+        present = ops.expand_dims(ops.cast(ops.greater(index, 0), embedded.dtype), -1)
+        total = ops.sum(embedded * present, axis=1)
+        return total / ops.maximum(ops.sum(present, axis=1), 1.0)
 
 
 class LogEncoder(keras.layers.Layer):
@@ -145,7 +165,7 @@ def build_model(schema: dict, loaded: LoadedSpec, params: dict, build_fn: Callab
     inputs, encoded = {}, {}
     for feature in schema["features"]:
         name, kind = feature["name"], feature["type"]
-        shape = (feature["length"],) if kind == "float_list" else ()
+        shape = {"float_list": (feature.get("length"),), "int_list": (None,), "string_list": (None,)}.get(kind, ())
         inputs[name] = keras.Input(shape=shape, dtype=_DTYPES[kind].name, name=name)
         encoded[name] = encode_feature(feature, inputs[name])
     for cross in schema.get("crosses", ()):
@@ -176,6 +196,8 @@ def encode_feature(feature: dict, raw):
         std = feature["std"] if how == "normalized" else 1.0
         shift = feature["mean"] if how == "normalized" else 0.0
         return VectorEncoder(feature["mean"], shift, std, name=layer)(raw)
+    if kind in LIST_PADDING:
+        return _encode_items(feature, encoding, raw)
     if how in ("one_hot", "category", "embedding"):
         return _encode_lookup(feature, encoding, raw)
     if how in ("text", "hashed"):
@@ -207,6 +229,25 @@ def _encode_lookup(feature: dict, encoding: dict, raw):
     # Internal layers get prefixes of their own: `encode_<a>_index` could be feature a_index's.
     index = lookup(vocabulary=vocabulary, num_oov_indices=1, name=f"index_{name}")(raw)
     return _embed(index, len(vocabulary) + 1, encoding["dim"], layer)
+
+
+def _encode_items(feature: dict, encoding: dict, raw):
+    """An int_list or string_list [B, T] (padded with LIST_PADDING): multi-hot over the
+    vocabulary of its items (one slot for items outside it), or an embedding bag (`embedding`:
+    the mean of its items' embeddings, zeros for an empty list). Padding is never an item."""
+    name, kind, layer = feature["name"], feature["type"], f"encode_{feature['name']}"
+    pad = LIST_PADDING[kind]
+    if kind == "string_list":
+        vocabulary = [v for v in feature["vocabulary"] if v != pad] or ["<none>"]
+        lookup = functools.partial(keras.layers.StringLookup, mask_token=pad)
+    else:  # the OOV token only names the OOV slot; it must differ from the padding
+        vocabulary = [v for v in feature["vocabulary"] if v not in (pad, pad + 1)] or [0]
+        lookup = functools.partial(keras.layers.IntegerLookup, mask_token=pad, oov_token=pad + 1)
+    if encoding["kind"] != "embedding":
+        return lookup(vocabulary=vocabulary, num_oov_indices=1, output_mode="multi_hot", name=layer)(raw)
+    index = lookup(vocabulary=vocabulary, num_oov_indices=1, name=f"index_{name}")(raw)  # 0 padding, 1 OOV
+    embedded = keras.layers.Embedding(len(vocabulary) + 2, encoding["dim"], name=f"embed_{name}")(index)
+    return MeanOverItems(name=layer)(embedded, index)
 
 
 def _encode_tokens(feature: dict, encoding: dict, raw):
@@ -276,11 +317,15 @@ def compile_model(model: keras.Model, label: dict, train: TrainSpec, params: dic
     model.optimizer.build(model.trainable_variables)
 
 
-def feature_parse_spec(schema: dict) -> dict[str, tf.io.FixedLenFeature]:
-    """How to parse the raw features out of a serialized `tf.Example`."""
+def feature_parse_spec(schema: dict) -> dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature]:
+    """How to parse the raw features out of a serialized `tf.Example` (lists of any length as
+    ragged: `parse_examples` pads them)."""
     spec = {}
     for feature in schema["features"]:
         kind, nullable = feature["type"], feature["nullable"]
+        if kind in LIST_PADDING:  # an absent list reads as an empty one
+            spec[feature["name"]] = tf.io.RaggedFeature(_DTYPES[kind], row_splits_dtype=tf.int64)
+            continue
         if kind == "float_list":  # a vector of `length` floats; a missing one reads as NaNs
             length = feature["length"]
             default = [math.nan] * length if nullable else None
@@ -289,6 +334,28 @@ def feature_parse_spec(schema: dict) -> dict[str, tf.io.FixedLenFeature]:
         default = {"float": math.nan, "int": int(INT_MISSING), "string": ""}[kind] if nullable else None
         spec[feature["name"]] = tf.io.FixedLenFeature([], _DTYPES[kind], default_value=default)
     return spec
+
+
+def parse_examples(serialized, parse_spec: dict) -> dict:
+    """`tf.io.parse_example`, with each ragged list padded to the batch's longest one (ints with
+    the int64 minimum, strings with ""): the dense tensors the model and `predict` take."""
+    parsed = tf.io.parse_example(serialized, parse_spec)
+    for name, value in parsed.items():
+        if isinstance(value, tf.RaggedTensor):
+            pad = "" if value.dtype == tf.string else int(INT_MISSING)
+            parsed[name] = value.to_tensor(default_value=pad)
+    return parsed
+
+
+def predict_signature(schema: dict) -> dict[str, tf.TensorSpec]:
+    """The `predict` signature's inputs: [batch] per scalar feature, [batch, length] per
+    float_list, [batch, longest list] per int_list or string_list (padded)."""
+    shapes = {"float_list": lambda f: [None, f["length"]], "int_list": lambda f: [None, None]}
+    shapes["string_list"] = shapes["int_list"]
+    return {
+        f["name"]: tf.TensorSpec(shapes.get(f["type"], lambda f: [None])(f), _DTYPES[f["type"]], name=f["name"])
+        for f in schema["features"]
+    }
 
 
 def label_parse_spec(schema: dict) -> dict[str, tf.io.FixedLenFeature]:
@@ -370,7 +437,7 @@ def make_dataset(
         ds = ds.batch(batch_size, drop_remainder=False)
 
     def to_pair(serialized):
-        parsed = tf.io.parse_example(serialized, parse)
+        parsed = parse_examples(serialized, parse)
         if packed:
             dense = parsed.pop(PACKED_FEATURE)
             parsed.update({name: dense[:, i] for i, name in enumerate(packed)})
@@ -396,7 +463,7 @@ def read_serialized(files: Sequence[str], compression: str, limit: int | None = 
 
 
 def raw_features_from_serialized(serialized: np.ndarray, schema: dict) -> dict[str, np.ndarray]:
-    parsed = tf.io.parse_example(tf.constant(serialized, dtype=tf.string), feature_parse_spec(schema))
+    parsed = parse_examples(tf.constant(serialized, dtype=tf.string), feature_parse_spec(schema))
     return {k: v.numpy() for k, v in parsed.items()}
 
 
@@ -405,7 +472,7 @@ def features_from_serialized(serialized: np.ndarray, schema: dict, names: Sequen
     if not names:
         return {}
     spec = {k: v for k, v in feature_parse_spec(schema).items() if k in names}
-    parsed = tf.io.parse_example(tf.constant(serialized, dtype=tf.string), spec)
+    parsed = parse_examples(tf.constant(serialized, dtype=tf.string), spec)
     return {k: v.numpy() for k, v in parsed.items()}
 
 

@@ -398,7 +398,7 @@ def _fixed_list(column: pa.ChunkedArray, length: int) -> pa.Array:
 def _encoded_columns(table: pa.Table, spec: DataSpec, packed: list[str]) -> list[tuple[str, str, pa.Array]]:
     """(name, Example list kind, values) for every feature, the label and the key; the
     `packed` features as one fixed-length float list."""
-    kinds = {"float": "float", "int": "int", "string": "bytes"}
+    kinds = {"float": "float", "int": "int", "string": "bytes", "int_list": "int", "string_list": "bytes"}
     columns = [
         (n, "float", _fixed_list(table.column(n), f.length))
         if f.type == "float_list"

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from contrail import artifacts
 from contrail.data import float_values, list_matrix
@@ -40,6 +41,8 @@ def signature_inputs(table: pa.Table, schema: dict, *, source: str = "input") ->
         column = table.column(name)
         if kind == "float_list":  # [rows, length]; a missing vector is a row of NaN
             inputs[name] = list_matrix(column, feature["length"]).astype(np.float32)
+        elif kind in ("int_list", "string_list"):
+            inputs[name] = padded_lists(column, kind)
         elif kind == "float":
             inputs[name] = float_values(column).astype(np.float32)
         elif kind == "int":
@@ -48,6 +51,24 @@ def signature_inputs(table: pa.Table, schema: dict, *, source: str = "input") ->
         else:
             inputs[name] = np.array(["" if v is None else str(v) for v in column.to_pylist()], dtype=object)
     return inputs
+
+
+def padded_lists(column: pa.ChunkedArray | pa.Array, kind: str) -> np.ndarray:
+    """An int_list or string_list column as [rows, longest list], padded as `predict` takes it:
+    the int64 minimum for ints, "" for strings (a missing list is a row of padding)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.list_(pa.null()))
+    lengths = np.asarray(pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False), np.int64)
+    items = pc.list_flatten(column)  # a null list's span, if any, is left out
+    if kind == "int_list":
+        out = np.full((len(lengths), int(lengths.max(initial=0))), INT_MISSING, dtype=np.int64)
+        values = np.asarray(items.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
+    else:
+        out = np.full((len(lengths), int(lengths.max(initial=0))), "", dtype=object)
+        values = np.asarray(items.cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    out[rows, np.arange(len(values)) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = values
+    return out
 
 
 @dataclass

@@ -46,7 +46,12 @@ ENCODINGS: dict[str, tuple[str, ...]] = {
     "int": ("normalized", "category", "embedding", "hashed", "discretized", "log", "none"),
     "float": ("normalized", "discretized", "log", "none"),
     "float_list": ("normalized", "none"),
+    # Variable-length lists of categories (tags, say): multi-hot over the vocabulary of their
+    # items, or an embedding bag (the mean of the items' embeddings).
+    "int_list": ("multi_hot", "embedding"),
+    "string_list": ("multi_hot", "embedding"),
 }
+LIST_TYPES = ("float_list", "int_list", "string_list")
 # `auto` for a string: one-hot up to this many vocabulary values, an embedding beyond.
 AUTO_ONE_HOT_MAX = 50
 
@@ -57,7 +62,17 @@ class EncodingSpec(_Strict):
     (with `dim`: an embedding of the bins), `{discretized: {bins: 10}}`."""
 
     kind: Literal[
-        "one_hot", "embedding", "hashed", "auto", "text", "normalized", "category", "discretized", "log", "none"
+        "one_hot",
+        "embedding",
+        "hashed",
+        "auto",
+        "text",
+        "normalized",
+        "category",
+        "discretized",
+        "log",
+        "none",
+        "multi_hot",
     ]
     dim: int | None = Field(default=None, gt=0)
     bins: int | None = Field(default=None, ge=2)
@@ -111,11 +126,12 @@ class FeatureSpec(_Strict):
     """One input column. `float` and `int` are normalized and `string` one-hot encoded over a
     vocabulary unless `encoding` says otherwise."""
 
-    type: Literal["float", "int", "string", "float_list"]
+    type: Literal["float", "int", "string", "float_list", "int_list", "string_list"]
     nullable: bool = False
     max_vocab_size: int = Field(default=10_000, gt=0)
     encoding: EncodingSpec | None = None
     # float_list: a vector of this many floats per row (an embedding computed elsewhere, say).
+    # int_list and string_list have a length of their own per row.
     length: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
@@ -143,7 +159,7 @@ class FeatureSpec(_Strict):
     @property
     def categorical(self) -> bool:
         """Whether preprocess keeps a vocabulary of the values (strings, and ints as categories)."""
-        return self.type == "string" or self.kind in ("category", "embedding")
+        return self.type in ("string", "int_list", "string_list") or self.kind in ("category", "embedding")
 
 
 class CrossSpec(_Strict):
@@ -218,9 +234,9 @@ class DataSpec(_Strict):
             raise ValueError(f"label column {self.label.column!r} must not also be a feature")
         if self.key is not None and (self.key in self.features or self.key == self.label.column):
             raise ValueError(f"key column {self.key!r} must not also be a feature or the label")
-        lists = [n for n, f in self.features.items() if f.type == "float_list"]
+        lists = [n for n, f in self.features.items() if f.type in LIST_TYPES]
         if lists and self.format == "csv":
-            raise ValueError(f"expected Parquet for float_list features ({', '.join(lists)}), found format csv")
+            raise ValueError(f"expected Parquet for list features ({', '.join(lists)}), found format csv")
         unknown = sorted(set(self.drift.per_feature) - set(self.features)) if self.drift else []
         if unknown:
             raise ValueError(f"drift.per_feature: expected features of data.features, found {', '.join(unknown)}")
@@ -234,8 +250,8 @@ class DataSpec(_Strict):
         for cross in crosses:
             for name in cross.features:
                 feature = features.get(name)
-                if feature is None or feature.type == "float":
-                    found = "no such feature" if feature is None else "a float feature"
+                if feature is None or feature.type not in ("string", "int"):
+                    found = "no such feature" if feature is None else f"a {feature.type} feature"
                     raise ValueError(f"expected string or int features of data.features, found {name!r} ({found})")
             if cross.name in features:
                 raise ValueError(f"expected a cross whose name is not a feature's, found {cross.name!r}")
@@ -507,8 +523,8 @@ class PipelineSpec(_Strict):
         for key in self.evaluate.slice_keys():
             for name in key:
                 feature = self.data.features.get(name)
-                if feature is None or feature.type == "float":
-                    found = "no such feature" if feature is None else "a float feature"
+                if feature is None or feature.type not in ("string", "int"):
+                    found = "no such feature" if feature is None else f"a {feature.type} feature"
                     raise ValueError(
                         f"evaluate.slices: expected string or int features of data.features, found {name!r} ({found})"
                     )

@@ -30,7 +30,9 @@ def file_partials(table: pa.Table, is_eval: np.ndarray, spec: DataSpec) -> dict:
         train, evals = column.filter(train_mask), column.filter(eval_mask)
         if fspec.type == "string" and fspec.kind == "text":
             out["features"][name] = _text_partial(column, train, evals, fspec)
-        elif fspec.type == "string":
+        elif fspec.type in ("string", "string_list", "int_list"):
+            if fspec.type != "string":  # a list's items are its values (an int's as its decimal string)
+                train, evals = _items(train), _items(evals)
             train_counts, eval_counts = _value_counts(train, drop_empty=True), _value_counts(evals, drop_empty=True)
             out["features"][name] = {
                 "nulls": int(column.null_count),
@@ -141,6 +143,12 @@ def combine_partials(partials: list[dict], spec: DataSpec) -> dict:
     return out
 
 
+def _items(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The items of a list column's lists, as strings (JSON keys; a vocabulary of ints is made
+    ints again in the schema)."""
+    return pc.list_flatten(column).cast(pa.string())
+
+
 def _value_counts(array: pa.Array | pa.ChunkedArray, drop_empty: bool = False) -> dict:
     """`{value: count}` of the non-null values (and non-empty strings), in order of first appearance."""
     array = array.drop_null()
@@ -233,7 +241,7 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
         parts = [p["features"][name] for p in partials]
         entry = {"name": name, "type": fspec.type, "nullable": fspec.nullable}
         stat = {"type": fspec.type, "count": rows, "train_count": train_rows, "eval_count": eval_rows}
-        if fspec.type == "string":
+        if fspec.type in ("string", "string_list", "int_list"):
             capacity = _capacity(fspec)
             counts, train_error = _sketch(parts, "train", capacity)
             size = fspec.encoding.to_schema()["max_tokens"] if fspec.kind == "text" else fspec.max_vocab_size
@@ -251,7 +259,7 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
             cut = sum(c for v, c in eval_counts.items() if v in counts and v not in known)
             unseen = eval_total - in_vocab - cut
             train_cut = train_total - sum(counts[v] for v in vocab)
-            entry["vocabulary"] = vocab
+            entry["vocabulary"] = [int(v) for v in vocab] if fspec.type == "int_list" else vocab
             entry["cut_fraction"] = _share(train_cut, train_total)  # inference expects this much
             entry.update(_encoding(fspec, len(vocab)))
             stat.update(

@@ -28,7 +28,7 @@ class EncodedColumn:
 
     name: str
     kind: str  # "float", "int" or "bytes"
-    values: list  # python scalars, None where missing
+    values: list  # python scalars (or lists of them), None where missing
 
 
 def encode_examples(columns: Sequence[EncodedColumn], rows: Sequence[int]) -> Iterator[bytes]:
@@ -45,12 +45,16 @@ def encode_examples(columns: Sequence[EncodedColumn], rows: Sequence[int]) -> It
             if value is None or (column.kind == "float" and isinstance(value, float) and math.isnan(value)):
                 continue
             feature: feature_pb2.Feature = feature_map[column.name]
+            values = value if isinstance(value, list) else [value]
             if column.kind == "float":
-                feature.float_list.value.append(value)
+                feature.float_list.value.extend(values)
             elif column.kind == "int":
-                feature.int64_list.value.append(value)
+                feature.int64_list.value.extend(values)
             else:
-                feature.bytes_list.value.append(value.encode() if isinstance(value, str) else value)
+                feature.bytes_list.value.extend(v.encode() if isinstance(v, str) else v for v in values)
+            if not values:  # an empty list is a present feature with an empty list of its kind
+                kind = {"float": "float_list", "int": "int64_list"}.get(column.kind, "bytes_list")
+                getattr(feature, kind).SetInParent()
         yield example.SerializeToString()
 
 

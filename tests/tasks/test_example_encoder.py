@@ -156,3 +156,35 @@ def test_varints(value):
 def test_an_empty_table_encodes_to_no_records(columns):
     encoded = example_encoder.encode_table(columns)
     assert len(encoded) == 0 and encoded.offsets.tolist() == [0] and encoded.data.size == 0
+
+
+@st.composite
+def list_tables(draw):
+    """Lists of any length (int_list and string_list): missing lists, empty lists, varints of
+    every width and strings of many lengths in one column, so no record has a fixed width."""
+    n = draw(st.integers(min_value=1, max_value=30))
+    ints = draw(st.lists(st.one_of(st.none(), st.lists(INT64, max_size=6)), min_size=n, max_size=n))
+    texts = draw(st.lists(st.one_of(st.none(), st.lists(st.text(max_size=200), max_size=5)), min_size=n, max_size=n))
+    return ints, texts
+
+
+@settings(max_examples=50, deadline=None)
+@given(list_tables(), st.sampled_from(["none", "gzip"]), st.integers(0, 3))
+def test_lists_of_any_length_round_trip_through_ragged_parsing(table, compression, start):
+    ints, texts = table
+    start = min(start, len(ints) - 1)  # a slice: lists whose offsets do not start at zero
+    int_array = pa.array(ints, pa.list_(pa.int64())).slice(start)
+    text_array = pa.array(texts, pa.list_(pa.string())).slice(start)
+    columns = [("il", "int", int_array), ("sl", "bytes", text_array), ("x", "float", pa.array([1.0] * len(int_array)))]
+    encoded = example_encoder.encode_table(columns)
+    records = _write_and_read(encoded, compression)
+    assert records == list(encoded.records())
+    spec = {"il": tf.io.RaggedFeature(tf.int64), "sl": tf.io.RaggedFeature(tf.string)}
+    parsed = tf.io.parse_example(tf.constant(records, dtype=tf.string), spec)
+    assert parsed["il"].to_list() == [v or [] for v in ints[start:]]  # a missing list reads as empty
+    assert parsed["sl"].to_list() == [[t.encode() for t in v or []] for v in texts[start:]]
+    reference = tfrecord.encode_examples(
+        [tfrecord.EncodedColumn(n, k, a.to_pylist()) for n, k, a in columns], range(len(int_array))
+    )
+    fast = [dict(tf.train.Example.FromString(r).features.feature) for r in records]
+    assert fast == [dict(tf.train.Example.FromString(r).features.feature) for r in reference]
