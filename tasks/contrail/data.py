@@ -382,6 +382,9 @@ def _checked_ragged(array: pa.ChunkedArray, column: Column, path: InputFile, wha
     empty; a null list only when nullable), as list<int64> or list<string>."""
     kind, item = array.type, column.type.removesuffix("_list")
     accepts, target = (_is_integral, pa.int64()) if item == "int" else (_is_text, pa.string())
+    if pa.types.is_null(kind) or pa.types.is_null(getattr(kind, "value_type", None) or pa.int8()):
+        # No list at all, or only empty ones (pandas writes list<null> then): nothing to check.
+        array, kind = array.cast(pa.list_(target)), pa.list_(target)
     if pa.types.is_dictionary(getattr(kind, "value_type", None) or pa.null()):
         array = array.cast(pa.list_(kind.value_type.value_type))
         kind = array.type
@@ -392,11 +395,8 @@ def _checked_ragged(array: pa.ChunkedArray, column: Column, path: InputFile, wha
         raise SchemaMismatchError(f"{what}: expected a list of {item}s per row, found {kind}", path=str(path))
     array = array.cast(pa.list_(target))
     for chunk_offset, chunk in _chunks_with_offsets(array):
-        items = chunk.values.slice(chunk.offsets[0].as_py(), chunk.offsets[-1].as_py() - chunk.offsets[0].as_py())
-        if items.null_count:  # which row: the list whose span holds the first missing item
-            first = _first_index(pc.is_null(items))
-            starts = chunk.offsets.to_numpy()[1:] - chunk.offsets[0].as_py()
-            row = offset + chunk_offset + int(np.searchsorted(starts, first, side="right"))
+        if pc.list_flatten(chunk).null_count:  # the items of the lists present (a null list's span is no one's)
+            row = offset + chunk_offset + int(np.argmax(_lists_with_missing_items(chunk)))
             raise SchemaMismatchError(
                 f"{what}: expected every item of a list present, found a missing item at row {row} "
                 "(leave the item out; a missing list is a null list)",
@@ -405,6 +405,15 @@ def _checked_ragged(array: pa.ChunkedArray, column: Column, path: InputFile, wha
     if not column.nullable:
         _check_present(array, what, path, offset)
     return array
+
+
+def _lists_with_missing_items(chunk: pa.ListArray) -> np.ndarray:
+    """Per row: whether its list (a present one) holds a missing item."""
+    items = pc.list_flatten(chunk)
+    rows = np.asarray(pc.list_parent_indices(chunk).to_numpy(zero_copy_only=False), dtype=np.int64)
+    out = np.zeros(len(chunk), dtype=bool)
+    out[rows[np.asarray(pc.is_null(items).to_numpy(zero_copy_only=False), dtype=bool)]] = True
+    return out
 
 
 def _chunks_with_offsets(array: pa.ChunkedArray):

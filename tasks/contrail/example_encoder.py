@@ -197,9 +197,10 @@ def _ragged_list_payload(kind: str, array: pa.ListArray | pa.LargeListArray) -> 
     join over the items, never a rows x longest-list matrix), each row its items' span."""
     offsets = np.asarray(array.offsets.to_numpy(zero_copy_only=False), dtype=np.int64)
     first, last = int(offsets[0]), int(offsets[-1])
-    items = array.values.slice(first, last - first)
-    if items.null_count:
+    if pc.list_flatten(array).null_count:  # in a list present (a missing list's span is left out)
         raise ValueError(f"a list column cannot hold missing items ({array.type})")
+    # Every slot between the first and last offset, a missing list's too (filled: it is left out).
+    items = pc.fill_null(array.values.slice(first, last - first), 0 if kind == "int" else b"")
     if kind == "int":
         values = np.asarray(items.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
         item_parts = [varint_block(values.view(np.uint64))]

@@ -42,7 +42,7 @@ def signature_inputs(table: pa.Table, schema: dict, *, source: str = "input") ->
         if kind == "float_list":  # [rows, length]; a missing vector is a row of NaN
             inputs[name] = list_matrix(column, feature["length"]).astype(np.float32)
         elif kind in ("int_list", "string_list"):
-            inputs[name] = padded_lists(column, kind)
+            inputs[name] = ListColumn(column, kind, source, name)
         elif kind == "float":
             inputs[name] = float_values(column).astype(np.float32)
         elif kind == "int":
@@ -53,11 +53,34 @@ def signature_inputs(table: pa.Table, schema: dict, *, source: str = "input") ->
     return inputs
 
 
-def padded_lists(column: pa.ChunkedArray | pa.Array, kind: str) -> np.ndarray:
+@dataclass(frozen=True)
+class ListColumn:
+    """An int_list or string_list column for `predict`, padded a batch at a time (a slice gives
+    [rows, longest list in the slice]), so one long list widens its own batch only."""
+
+    column: pa.ChunkedArray | pa.Array
+    kind: str
+    source: str = "input"
+    name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.column)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(len(self.column))
+        return padded_lists(self.column.slice(start, stop - start), self.kind, f"{self.source}: feature {self.name!r}")
+
+
+def padded_lists(column: pa.ChunkedArray | pa.Array, kind: str, what: str = "a list column") -> np.ndarray:
     """An int_list or string_list column as [rows, longest list], padded as `predict` takes it:
-    the int64 minimum for ints, "" for strings (a missing list is a row of padding)."""
+    the int64 minimum for ints, "" for strings (a missing list is a row of padding). An item
+    itself missing is an error: it has no padding that is not also a value."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks else pa.array([], pa.list_(pa.null()))
+    if pa.types.is_null(column.type):  # no list at all
+        column = pa.array([None] * len(column), pa.list_(pa.int64() if kind == "int_list" else pa.string()))
+    if pc.list_flatten(column).null_count:
+        raise InferenceError(f"{what}: expected every item of a list present, found a missing item")
     lengths = np.asarray(pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False), np.int64)
     items = pc.list_flatten(column)  # a null list's span, if any, is left out
     if kind == "int_list":

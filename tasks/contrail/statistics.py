@@ -245,7 +245,8 @@ def merge_partials(partials: list[dict], spec: DataSpec, pipeline: str) -> tuple
             capacity = _capacity(fspec)
             counts, train_error = _sketch(parts, "train", capacity)
             size = fspec.encoding.to_schema()["max_tokens"] if fspec.kind == "text" else fspec.max_vocab_size
-            vocab = [v for v, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][:size]
+            order = (lambda kv: (-kv[1], int(kv[0]))) if fspec.type == "int_list" else (lambda kv: (-kv[1], kv[0]))
+            vocab = [v for v, _ in sorted(counts.items(), key=order)][:size]
             if fspec.kind == "text":
                 entry.update(_text_entry(name, fspec, parts, vocab, capacity))
             known = set(vocab)

@@ -169,12 +169,12 @@ def list_tables(draw):
 
 
 @settings(max_examples=50, deadline=None)
-@given(list_tables(), st.sampled_from(["none", "gzip"]), st.integers(0, 3))
-def test_lists_of_any_length_round_trip_through_ragged_parsing(table, compression, start):
+@given(list_tables(), st.sampled_from(["none", "gzip"]), st.integers(0, 3), st.sampled_from([pa.list_, pa.large_list]))
+def test_lists_of_any_length_round_trip_through_ragged_parsing(table, compression, start, list_type):
     ints, texts = table
     start = min(start, len(ints) - 1)  # a slice: lists whose offsets do not start at zero
-    int_array = pa.array(ints, pa.list_(pa.int64())).slice(start)
-    text_array = pa.array(texts, pa.list_(pa.string())).slice(start)
+    int_array = pa.array(ints, list_type(pa.int64())).slice(start)
+    text_array = pa.array(texts, list_type(pa.string())).slice(start)
     columns = [("il", "int", int_array), ("sl", "bytes", text_array), ("x", "float", pa.array([1.0] * len(int_array)))]
     encoded = example_encoder.encode_table(columns)
     records = _write_and_read(encoded, compression)
@@ -188,3 +188,19 @@ def test_lists_of_any_length_round_trip_through_ragged_parsing(table, compressio
     )
     fast = [dict(tf.train.Example.FromString(r).features.feature) for r in records]
     assert fast == [dict(tf.train.Example.FromString(r).features.feature) for r in reference]
+
+
+def test_a_missing_list_whose_span_holds_items_is_left_out():
+    """Arrow lets a null list keep a span of values (here a null and a wide int): they are no
+    row's items, so the record leaves the feature out and the other rows keep every bit."""
+    values = pa.array([2**62 + 1, None, 2**63 - 1, 3], pa.int64())
+    ints = pa.ListArray.from_arrays(pa.array([0, 1, 3, 4], pa.int32()), values, mask=pa.array([False, True, False]))
+    texts = pa.ListArray.from_arrays(
+        pa.array([0, 1, 3, 4], pa.int32()), pa.array(["a", None, "zz", "b"]), mask=pa.array([False, True, False])
+    )
+    records = _write_and_read(example_encoder.encode_table([("il", "int", ints), ("sl", "bytes", texts)]), "none")
+    spec = {"il": tf.io.RaggedFeature(tf.int64), "sl": tf.io.RaggedFeature(tf.string)}
+    parsed = tf.io.parse_example(tf.constant(records, dtype=tf.string), spec)
+    assert parsed["il"].to_list() == [[2**62 + 1], [], [3]]
+    assert parsed["sl"].to_list() == [[b"a"], [], [b"b"]]
+    assert "il" not in tf.train.Example.FromString(records[1]).features.feature

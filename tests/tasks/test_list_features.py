@@ -55,6 +55,11 @@ def _table(rows: int, seed: int, length: int = LENGTH) -> pa.Table:
                 [None if m else t for t, m in zip(tags, missing_tags, strict=True)], pa.list_(pa.string())
             ),
             "codes": pa.array(codes, pa.list_(pa.int64())),
+            # The same lists again, each with the other encoding (as large lists, which Parquet also holds).
+            "tags_bag": pa.array(
+                [None if m else t for t, m in zip(tags, missing_tags, strict=True)], pa.large_list(pa.string())
+            ),
+            "codes_hot": pa.array(codes, pa.large_list(pa.int64())),
             "x": pa.array(rng.normal(size=rows)),
             "label": pa.array(label),
         }
@@ -72,6 +77,8 @@ def _spec(directory: Path, source: Path, **data) -> Path:
                 "vec": {"type": "float_list", "length": LENGTH, "nullable": True},
                 "tags": {"type": "string_list", "nullable": True},
                 "codes": {"type": "int_list", "encoding": {"embedding": {"dim": EMBED_DIM}}},
+                "tags_bag": {"type": "string_list", "nullable": True, "encoding": {"embedding": {"dim": EMBED_DIM}}},
+                "codes_hot": {"type": "int_list", "encoding": "multi_hot"},
                 "x": {"type": "float"},
             },
             "split": {"eval_fraction": 0.25, "seed": 4},
@@ -118,6 +125,8 @@ def test_build_fn_receives_each_list_encoded(lists):
         "vec": ((None, LENGTH), "float32"),
         "tags": ((None, len(TAGS) + 1), "float32"),  # multi-hot, one slot for items outside the vocabulary
         "codes": ((None, EMBED_DIM), "float32"),  # the mean of the codes' embeddings
+        "tags_bag": ((None, EMBED_DIM), "float32"),
+        "codes_hot": ((None, 100 + 1), "float32"),
         "x": ((None, 1), "float32"),
     }
 
@@ -141,21 +150,24 @@ def test_a_model_learns_from_lists_and_serves_them(lists, tmp_path):
             ([0.0] * {LENGTH}, ["blue"], [1]),
         ]
         width_t, width_c = max(len(t or []) for _, t, _ in rows), max(len(c) for _, _, c in rows)
+        tags = tf.constant([(t or []) + [""] * (width_t - len(t or [])) for _, t, _ in rows], tf.string)
+        codes = tf.constant([c + [PAD] * (width_c - len(c)) for _, _, c in rows], tf.int64)
         raw = model.signatures["predict"](
             vec=tf.constant([v or [math.nan] * {LENGTH} for v, _, _ in rows], tf.float32),
-            tags=tf.constant([(t or []) + [""] * (width_t - len(t or [])) for _, t, _ in rows], tf.string),
-            codes=tf.constant([c + [PAD] * (width_c - len(c)) for _, _, c in rows], tf.int64),
+            tags=tags, tags_bag=tags, codes=codes, codes_hot=codes,
             x=tf.constant([0.1] * len(rows)),
         )
         def example(vec, tags, codes):
             feature = {{
                 "x": tf.train.Feature(float_list=tf.train.FloatList(value=[0.1])),
                 "codes": tf.train.Feature(int64_list=tf.train.Int64List(value=codes)),
+                "codes_hot": tf.train.Feature(int64_list=tf.train.Int64List(value=codes)),
             }}
             if vec is not None:
                 feature["vec"] = tf.train.Feature(float_list=tf.train.FloatList(value=vec))
             if tags is not None:
-                feature["tags"] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[t.encode() for t in tags]))
+                for name in ("tags", "tags_bag"):
+                    feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[t.encode() for t in tags]))
             return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
         served = model.signatures["serving_default"](examples=tf.constant([example(*r) for r in rows]))
         print(json.dumps([raw["probabilities"].numpy()[:, 1].tolist(), served["probabilities"].numpy()[:, 1].tolist()]))
@@ -223,7 +235,7 @@ def test_a_missing_list_of_a_non_nullable_feature_is_named(tmp_path):
     ("feature", "expected"),
     [
         ({"type": "string_list", "encoding": "one_hot"}, "expected one of multi_hot, embedding for a string_list"),
-        ({"type": "int_list", "encoding": {"embedding": {"dim": 0}}}, "dim"),
+        ({"type": "int_list", "encoding": {"embedding": {"dim": 0}}}, "dim.*greater than 0"),
         ({"type": "string", "encoding": "multi_hot"}, "expected one of one_hot, .* for a string feature"),
         ({"type": "int_list", "length": 3}, "expected length only with float_list, found it with int_list"),
     ],
@@ -238,7 +250,9 @@ def test_list_encodings_are_checked(tmp_path, feature, expected):
 
 def test_list_features_need_parquet(tmp_path):
     spec = _spec(tmp_path / "spec", tmp_path / "data", format="csv")
-    with pytest.raises(SpecError, match=r"expected Parquet for list features \(vec, tags, codes\), found format csv"):
+    with pytest.raises(
+        SpecError, match=r"expected Parquet for list features \(vec, tags, codes, tags_bag, codes_hot\)"
+    ):
         load_spec(spec)
 
 
@@ -248,5 +262,12 @@ def test_a_cross_or_a_slice_over_a_list_is_a_spec_error(tmp_path):
     path = write_spec(tmp_path / "cross", spec, "lists_model")
     with pytest.raises(
         SpecError, match=r"expected string or int features of data\.features, found 'tags' \(a string_list feature\)"
+    ):
+        load_spec(path)
+    del spec["data"]["crosses"]
+    spec["evaluate"] = {"slices": ["codes"]}
+    path = write_spec(tmp_path / "slice", spec, "lists_model")
+    with pytest.raises(
+        SpecError, match=r"evaluate\.slices: expected string or int features .*'codes' \(a int_list feature\)"
     ):
         load_spec(path)
