@@ -2,6 +2,10 @@
 
     preprocess >> train >> select_best >> export >> batch_inference
 
+or, with `tune:` in the spec, a search (contrail.tune):
+
+    preprocess >> tune_plan >> train (mapped: one task per trial) >> select_best >> export >> batch_inference
+
 Parsing imports no TensorFlow and reads no data: only the specs. A broken spec does not stop
 the others from loading. It becomes this file's import error, naming the spec file, line and
 field, so it shows in the UI's import errors and in `airflow dags list-import-errors`.
@@ -30,6 +34,7 @@ from contrail_airflow.operators import (
     PreprocessPlanOperator,
     SelectBestOperator,
     TrainOperator,
+    TunePlanOperator,
 )
 from contrail_airflow.params import trigger_params
 
@@ -90,10 +95,25 @@ def build_dag(loaded: LoadedSpec) -> DAG:
             **queue.get("preprocess", {}),
             **common,
         )
-        train = TrainOperator(task_id="train", preprocess=preprocess.output, **queue.get("train", {}), **common)
-        select_best = SelectBestOperator(
-            task_id="select_best", train=train.output, **queue.get("select_best", {}), **common
-        )
+        if spec.tune is None:
+            train = TrainOperator(task_id="train", preprocess=preprocess.output, **queue.get("train", {}), **common)
+            select_best = SelectBestOperator(
+                task_id="select_best", train=train.output, **queue.get("select_best", {}), **common
+            )
+            preprocess >> train
+        else:  # a search: tune_plan >> train (mapped, one task per trial) >> select_best (across them)
+            plan = TunePlanOperator(task_id="tune_plan", **queue.get("select_best", {}), **common)
+            train = TrainOperator.partial(
+                task_id="train",
+                preprocess=preprocess.output,
+                max_active_tis_per_dagrun=spec.tune.parallelism,
+                **queue.get("train", {}),
+                **common,
+            ).expand(trial=plan.output)
+            select_best = SelectBestOperator(
+                task_id="select_best", train=train.output, plan=plan.output, **queue.get("select_best", {}), **common
+            )
+            preprocess >> plan >> train
         export = ExportOperator(
             task_id="export",
             preprocess=preprocess.output,
@@ -105,7 +125,7 @@ def build_dag(loaded: LoadedSpec) -> DAG:
             **common,
         )
         batch_inference = _batch_inference(loaded, export=export.output)
-        preprocess >> train >> select_best >> export >> batch_inference
+        train >> select_best >> export >> batch_inference
     return dag
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
@@ -90,8 +91,11 @@ class _ContrailOperator(BaseOperator):
             if self.step is not None:
                 self._record(task, result, started)
             workspace.push()
-        xcom = [r.to_xcom() for r in result] if isinstance(result, list) else result.to_xcom()
-        return workspace.to_remote(xcom)
+        return workspace.to_remote(self._xcom(result))
+
+    def _xcom(self, result: Any) -> Any:
+        """What the task pushes to XCom: its result's JSON."""
+        return [r.to_xcom() for r in result] if isinstance(result, list) else result.to_xcom()
 
     def read_hints(self, context: Context, rendered: dict, pipeline: PipelineLayout, run: RunLayout) -> dict:
         """Keyword arguments of `task.prepare` this task needs besides its `reads`."""
@@ -231,15 +235,16 @@ class TrainOperator(_ContrailOperator):
     XCom: the checkpoint folder, history path, number of evaluations and the stop reason.
     """
 
-    template_fields = ("spec_path", "preprocess")
+    template_fields = ("spec_path", "preprocess", "trial")
     operator_extra_links = (RunReportLink(),)
     step = "train"
 
     reads = READS["train"]
 
-    def __init__(self, *, preprocess: Any, **kwargs: Any) -> None:
+    def __init__(self, *, preprocess: Any, trial: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.preprocess = preprocess
+        self.trial = trial  # mapped: one trial of the search's plan (contrail.tune)
 
     def read_hints(self, context: Context, rendered: dict, pipeline: PipelineLayout, run: RunLayout) -> dict:
         from contrail.spec import load_spec
@@ -249,20 +254,31 @@ class TrainOperator(_ContrailOperator):
     def run_step(self, task: Task):
         from contrail import train
         from contrail.results import PreprocessResult
+        from contrail.spec import load_spec
 
+        trial = task.inputs.get("trial")
+        search = load_spec(task.inputs["spec_path"], check_build_fn=False).spec.tune if trial else None
+        if search is not None and search.algorithm == "halving" and task.workspace.remote:
+            raise final(
+                SpecError(
+                    "tune.algorithm: halving ranks trials on a rung board the trials share, which needs a "
+                    "shared POSIX artifact root; found an object-store root. Use algorithm: random or grid",
+                    field="tune.algorithm",
+                )
+            )
+        train_dir = task.run.trial(trial["name"]) if trial else task.run.train
         args = train.TrainArgs(
             spec_path=task.inputs["spec_path"],
             preprocess=PreprocessResult.from_xcom(task.inputs["preprocess"], source="upstream 'preprocess' result"),
-            step_dir=str(task.run.train.path),
+            step_dir=str(train_dir.path),
+            trial={**trial, "board": str(task.run.rungs)} if trial else None,
             params=task.overrides.model,
             train_overrides=task.overrides.train,
             models_dir=str(task.pipeline.models.path),
             # A remote root gets every checkpoint as it is written: a retry elsewhere resumes.
             on_checkpoint=task.workspace.push if task.workspace.remote else None,
             # The lease as every attempt sees it: the store's copy, for a remote root.
-            read_lease=task.workspace.reader(task.pipeline.rel(task.run.train.running))
-            if task.workspace.remote
-            else None,
+            read_lease=task.workspace.reader(task.pipeline.rel(train_dir.running)) if task.workspace.remote else None,
         )
         return train.run(args)
 
@@ -275,25 +291,57 @@ class SelectBestOperator(_ContrailOperator):
     XCom: the chosen checkpoint, its evaluation index, step and monitored value.
     """
 
-    template_fields = ("spec_path", "train")
+    template_fields = ("spec_path", "train", "plan")
     step = "select_best"
 
     reads = READS["select_best"]
 
-    def __init__(self, *, train: Any, **kwargs: Any) -> None:
+    def __init__(self, *, train: Any, plan: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.train = train
+        self.plan = plan  # a search's trials (tune_plan's XCom): then `train` is one result per trial
 
     def run_step(self, task: Task):
         from contrail import select_best
         from contrail.results import TrainResult
 
-        args = select_best.SelectBestArgs(
-            task.inputs["spec_path"],
-            TrainResult.from_xcom(task.inputs["train"], source="upstream 'train' result"),
-            str(task.run.select_best.path),
-        )
+        trials = task.inputs.get("plan")
+        if trials is not None:
+            results = [
+                TrainResult.from_xcom(r, source=f"upstream 'train' result of {t['name']}")
+                for t, r in zip(trials, list(task.inputs["train"]), strict=True)
+            ]
+            args = select_best.SelectBestArgs(task.inputs["spec_path"], results, str(task.run.select_best.path), trials)
+        else:
+            args = select_best.SelectBestArgs(
+                task.inputs["spec_path"],
+                TrainResult.from_xcom(task.inputs["train"], source="upstream 'train' result"),
+                str(task.run.select_best.path),
+            )
         return select_best.run(args)
+
+
+class TunePlanOperator(_ContrailOperator):
+    """A search's first task: the trials to map the train task over (`tune:` in the spec), drawn
+    once per run from the seeded space; the trigger form's `max_trials` caps how many.
+
+    XCom: one mapping per trial: its index, name, model params and train settings.
+    """
+
+    step = "tune_plan"
+    reads = READS["tune_plan"]
+
+    def run_step(self, task: Task):
+        from contrail import tune
+
+        check_conf_keys(task.context)
+        args = tune.TunePlanArgs(task.inputs["spec_path"], str(task.run.tune_plan), task.overrides.max_trials)
+        result = tune.plan(args)
+        self.log.info("Fanning out over %d trial(s)", len(result.trials))
+        return result
+
+    def _xcom(self, result):
+        return result.trials
 
 
 class ExportOperator(_ContrailOperator):
@@ -326,11 +374,15 @@ class ExportOperator(_ContrailOperator):
         from contrail import export
         from contrail.results import PreprocessResult, SelectBestResult, TrainResult
 
+        best = SelectBestResult.from_xcom(task.inputs["best"], source="upstream 'select_best' result")
+        trained = task.inputs["train"]
+        if not isinstance(trained, dict):  # a search's trials: the chosen one's
+            trained = next(r for r in trained if Path(r["step_dir"]).name == best.trial)
         args = export.ExportArgs(
             spec_path=task.inputs["spec_path"],
             preprocess=PreprocessResult.from_xcom(task.inputs["preprocess"], source="upstream 'preprocess' result"),
-            train=TrainResult.from_xcom(task.inputs["train"], source="upstream 'train' result"),
-            best=SelectBestResult.from_xcom(task.inputs["best"], source="upstream 'select_best' result"),
+            train=TrainResult.from_xcom(trained, source="upstream 'train' result"),
+            best=best,
             step_dir=str(task.run.export.path),
             models_dir=str(task.pipeline.models.path),
             run_key=task.run.key,

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 # Trigger params that are not model params; a model param cannot take one of these names.
 TRAIN_PARAMS = ("max_steps", "batch_size")
-RESERVED_PARAMS = (*TRAIN_PARAMS, "force_promote", "data_source")
+RESERVED_PARAMS = (*TRAIN_PARAMS, "force_promote", "data_source", "max_trials")
 MAX_STEPS_BOUNDS = {"minimum": 1, "maximum": 100_000_000}
 BATCH_SIZE_BOUNDS = {"minimum": 1, "maximum": 1_048_576}
 DATA_SOURCE_MAX_LENGTH = 1024
@@ -57,6 +57,14 @@ def trigger_params(loaded: LoadedSpec) -> dict[str, Param]:
         **BATCH_SIZE_BOUNDS,
         description="train.batch_size: examples per training step",
     )
+    if spec.tune is not None:
+        params["max_trials"] = Param(
+            spec.tune.max_trials,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            description="tune.max_trials: how many trials this run's search trains (a grid needs all its points)",
+        )
     params["force_promote"] = Param(
         False, type="boolean", description="Promote the exported model even if it does not beat production"
     )
@@ -106,6 +114,7 @@ class Overrides:
     train: dict[str, Any] = field(default_factory=dict)  # train.max_steps, train.batch_size
     force_promote: bool = False
     data_source: str | None = None
+    max_trials: int | None = None  # tune.max_trials, for a search
 
 
 def overrides(params: dict[str, Any]) -> Overrides:
@@ -115,6 +124,7 @@ def overrides(params: dict[str, Any]) -> Overrides:
         train={k: params[k] for k in TRAIN_PARAMS if k in params},
         force_promote=bool(params.get("force_promote", False)),
         data_source=params.get("data_source") or None,
+        max_trials=params.get("max_trials"),
     )
 
 

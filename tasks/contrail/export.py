@@ -63,7 +63,7 @@ class ExportArgs:
 
 def run(args: ExportArgs) -> ExportResult:
     loaded = load_spec(args.spec_path)
-    params = {**loaded.spec.model.params, **args.params}
+    params = {**loaded.spec.model.params, **args.params, **args.best.params}  # a search's: the best trial's
     out, models = ExportDir(Path(args.step_dir)), ModelsLayout(Path(args.models_dir))
     fp = artifacts.fingerprint(
         {
@@ -181,6 +181,7 @@ def _export_new_version(args, loaded, params, schema, serialized, fp, models: Mo
             },
             "metrics": _selected_metrics(args.best),
             "params": params,
+            **({"trial": args.best.trial, "train_settings": args.best.train_settings} if args.best.trial else {}),
             "parity": parity,
             "created": time.time(),
             "libraries": _library_versions(),

@@ -233,6 +233,19 @@ class RunLayout:
     def train(self) -> TrainDir:
         return TrainDir(self.step("train"))
 
+    def trial(self, name: str) -> TrainDir:
+        """One trial of a search: a train folder of its own under train/."""
+        return TrainDir(self.step("train") / name)
+
+    @property
+    def rungs(self) -> Path:
+        """A halving search's rung board: each trial's objective at each rung, and its decision."""
+        return self.step("train") / "rungs"
+
+    @property
+    def tune_plan(self) -> Path:
+        return self.step("tune_plan")
+
     @property
     def select_best(self) -> SelectBestDir:
         return SelectBestDir(self.step("select_best"))
@@ -390,7 +403,7 @@ class Reads:
         unknown = set(self.models) - {"production", "warm_start", "run", "scoring"}
         if unknown:
             raise ValueError(f"Reads.models: unknown selector(s) {sorted(unknown)}")
-        unknown_steps = set(self.steps) - {*STEPS, "parts"}
+        unknown_steps = set(self.steps) - {*STEPS, "parts", "tune_plan"}
         if unknown_steps:
             raise ValueError(f"Reads.steps: unknown step(s) {sorted(unknown_steps)}")
 
@@ -405,6 +418,7 @@ READS = {
     # and production's model when the spec warm-starts from it.
     "train": Reads(steps=("preprocess", "train"), models=("warm_start",), stable_inputs=("preprocess",)),
     "select_best": Reads(steps=("train", "select_best")),
+    "tune_plan": Reads(steps=("tune_plan",)),
     # Every version's record (to find one this run published already), production's model (to
     # compare with) and this run's versions.
     "export": Reads(

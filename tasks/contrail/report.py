@@ -35,6 +35,16 @@ from contrail.results import (
 log = logging.getLogger(__name__)
 
 COLORS = {"train": "#4c78a8", "eval": "#e45756"}
+# A search's trials, overlaid: one color each, in trial order (cycled past ten).
+PALETTE = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac")
+
+
+def _color(series: str) -> str:
+    if series in COLORS:
+        return COLORS[series]
+    return PALETTE[int(series.rsplit("-", 1)[-1]) % len(PALETTE)] if series[-1:].isdigit() else "#888"
+
+
 _RESULT_TYPES: dict[str, type[StepResult]] = {
     "preprocess": PreprocessResult,
     "train": TrainResult,
@@ -69,6 +79,33 @@ def step_results(run: RunLayout) -> dict[str, StepResult | None]:
     return results
 
 
+def trials(run: RunLayout) -> list[dict]:
+    """A search's trials as far as they went: each one's plan entry and history, and from
+    select_best (once it ran) its chosen value and how it stopped. Empty without a search."""
+    plan_file = run.tune_plan / "plan.json"
+    if not plan_file.is_file():
+        return []
+    plan = artifacts.read_json(plan_file)
+    best_file = run.select_best.best
+    chosen = artifacts.read_json(best_file) if best_file.is_file() else {}
+    summaries = {t["trial"]: t for t in chosen.get("trials", [])}
+    out = []
+    for trial in plan["trials"]:
+        folder = run.trial(trial["name"])
+        manifest = artifacts.read_manifest(folder.path)
+        out.append(
+            {
+                **trial,
+                "history": history.read_history(folder.history) if folder.history.is_file() else [],
+                "stop_reason": manifest["result"]["stop_reason"] if manifest else None,
+                "summary": summaries.get(trial["name"]),
+                "chosen": chosen.get("trial") == trial["name"],
+                "objective": plan["objective"],
+            }
+        )
+    return out
+
+
 def latest_events(run: RunLayout) -> dict[str, dict]:
     """The newest event of each step: the latest execution's timing and whether it reused."""
     latest: dict[str, dict] = {}
@@ -84,13 +121,21 @@ def collect(run_dir: Path, spec: Any | None = None) -> dict:
     events = artifacts.read_events(run.events)
     latest = latest_events(run)
     early = getattr(getattr(spec, "train", None), "early_stopping", None)
+    searched = trials(run)
+    chosen = next((t for t in searched if t["chosen"]), None)
+    train_history = run.train.history
+    if chosen is not None:  # a search: the chosen trial's training is the run's
+        manifest = artifacts.read_manifest(run.trial(chosen["name"]).path)
+        results["train"] = TrainResult.from_xcom(manifest["result"], source="train") if manifest else None
+        train_history = run.trial(chosen["name"]).history
     return {
+        "trials": searched,
         "pipeline": run.pipeline,
         "run_key": run.key,
         "run_id": events[-1]["run_id"] if events else run.key,
         "run_dir": str(run.path),
         "results": results,
-        "history": history.read_history(run.train.history) if run.train.history.is_file() else [],
+        "history": history.read_history(train_history) if train_history.is_file() else [],
         "stats": artifacts.read_json(run.preprocess.stats) if run.preprocess.stats.is_file() else None,
         "blessing": artifacts.read_json(run.export.blessing) if run.export.blessing.is_file() else None,
         "drift": artifacts.read_json(run.preprocess.drift) if run.preprocess.drift.is_file() else None,
@@ -111,6 +156,7 @@ def render(info: dict) -> str:
     status = "complete" if info["complete"] else f"in progress ({', '.join(done) or 'no step'} done)"
     refresh = "" if info["complete"] else '<meta http-equiv="refresh" content="15">'
     sections = [
+        _trials(info.get("trials") or []),
         _training(info),
         _plots(info),
         _blessing(info["blessing"]),
@@ -192,6 +238,42 @@ def _plots(info: dict) -> str:
     return '<section id="plots"><h2>Metrics by step</h2>' + "".join(charts) + "</section>"
 
 
+def _trials(searched: list[dict]) -> str:
+    """A search: every trial's params, objective, evaluations and how it stopped (halving's rung
+    and rank), the chosen one marked; and the objective's curves of all trials overlaid."""
+    if not searched:
+        return ""
+    goal = searched[0]["objective"]
+    metric, sign = goal["metric"], (1 if goal["mode"] == "max" else -1)
+    rows = []
+    for t in searched:
+        values = [r["metrics"][metric] for r in t["history"] if metric in r["metrics"]]
+        best = max(values, key=lambda v: sign * v) if values else None
+        halted = next((r["halving"] for r in t["history"] if r.get("halving", {}).get("decision") == "stop"), None)
+        stop = t["stop_reason"] or ("training" if t["history"] else "waiting")
+        if halted:
+            stop = f"halving at rung {halted['rung']} (evaluation {halted['eval_index']}): rank {halted['rank']} of {halted['of']}, best {halted['keep']} went on"
+        settings = {**t["params"], **{f"train.{k}": v for k, v in t["train"].items()}}
+        rows.append(
+            f'<tr class="trial{" chosen" if t["chosen"] else ""}" data-trial="{_e(t["name"])}">'
+            f"<td>{_e(t['name'])}{' (chosen)' if t['chosen'] else ''}</td>"
+            f"<td>{_e(', '.join(f'{k}={v}' for k, v in settings.items()))}</td>"
+            f'<td class="objective">{_num(best)}</td><td>{len(t["history"])}</td><td>{_e(stop)}</td></tr>'
+        )
+    table = (
+        f'<table class="trials"><thead><tr><th>trial</th><th>params</th><th>best {_e(metric)}</th>'
+        "<th>evaluations</th><th>stopped</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+    )
+    series = {
+        t["name"]: [(r["step"], r["metrics"][metric]) for r in t["history"] if metric in r["metrics"]] for t in searched
+    }
+    chart = _chart(metric, series, [])
+    return (
+        f'<section id="trials"><h2>Search: {len(searched)} trials, objective {_e(metric)} ({_e(goal["mode"])})</h2>'
+        f"{table}{chart}</section>"
+    )
+
+
 @dataclass(frozen=True)
 class _Frame:
     """A chart's drawing area and the data ranges it maps onto it."""
@@ -238,10 +320,9 @@ def _chart(name: str, series: dict[str, list[tuple[int, float]]], marks: list) -
     for split, values in series.items():
         parts += _series(f, name, split, [(s, v) for s, v in values if math.isfinite(v)])
     parts.append("</svg>")
+    labels = {"eval": f"eval (val_{name})", "train": "train"}
     legend = " ".join(
-        f'<span class="key" style="--c:{COLORS[s]}">{"eval (val_" + _e(name) + ")" if s == "eval" else "train"}</span>'
-        for s in series
-        if series[s]
+        f'<span class="key" style="--c:{_color(s)}">{_e(labels.get(s, s))}</span>' for s in series if series[s]
     )
     legend += "".join(f' <span class="key mark {cls}">{_e(label)}</span>' for cls, _, label in marks)
     return f'<figure><figcaption>{_e(name)}</figcaption>{"".join(parts)}<div class="legend">{legend}</div></figure>'
@@ -274,10 +355,10 @@ def _series(f: _Frame, name: str, split: str, finite: list[tuple[int, float]]) -
     if not finite:
         return []
     path = " ".join(f"{f.sx(s):.1f},{f.sy(v):.1f}" for s, v in finite)
-    parts = [f'<polyline class="line {split}" points="{path}" stroke="{COLORS[split]}"/>']
+    parts = [f'<polyline class="line {split}" points="{path}" stroke="{_color(split)}"/>']
     for s, v in finite:
         parts.append(
-            f'<circle class="point {split}" cx="{f.sx(s):.1f}" cy="{f.sy(v):.1f}" r="3" fill="{COLORS[split]}" '
+            f'<circle class="point {split}" cx="{f.sx(s):.1f}" cy="{f.sy(v):.1f}" r="3" fill="{_color(split)}" '
             f'data-step="{s}" data-value="{v!r}"><title>{split} {_e(name)} at step {s}: {_num(v)}</title></circle>'
         )
     return parts

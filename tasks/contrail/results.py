@@ -102,6 +102,11 @@ class SelectBestResult(StepResult):
     step: int
     monitor: str
     value: float
+    # A search's choice (contrail.tune): the trial, and the params and train settings it
+    # trained with, which export builds the model with. Empty without `tune:`.
+    trial: str | None = None
+    params: dict = field(default_factory=dict)
+    train_settings: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from contrail import artifacts, layout
+from contrail import artifacts, layout, tune
 from contrail.errors import TrainingError
 from contrail.history import best_record, read_history
 from contrail.layout import SelectBestDir
@@ -26,11 +26,14 @@ STEP = "select_best"
 @dataclass(frozen=True)
 class SelectBestArgs:
     spec_path: str
-    train: TrainResult
+    train: TrainResult | list[TrainResult]  # a list: a search's trials, in the plan's order
     step_dir: str
+    trials: list[dict] | None = None  # the plan's trials (contrail.tune), with the list above
 
 
 def run(args: SelectBestArgs) -> SelectBestResult:
+    if isinstance(args.train, list):
+        return _run_search(args)
     loaded = load_spec(args.spec_path)
     es = loaded.spec.train.early_stopping or EarlyStoppingSpec()
     out = SelectBestDir(Path(args.step_dir))
@@ -95,3 +98,81 @@ def choose(history: list[dict], es: EarlyStoppingSpec) -> dict:
         "reason": reason,
         "evaluations": len(history),
     }
+
+
+def _run_search(args: SelectBestArgs) -> SelectBestResult:
+    """Across a search's trials: each trial's best evaluation by the objective, and of those the
+    best; best.json lists every trial (its params, value, evaluations, how it stopped and where
+    halving stopped it) for the report."""
+    loaded = load_spec(args.spec_path)
+    goal = tune.objective(loaded.spec.tune)
+    es = EarlyStoppingSpec(monitor=goal["metric"], mode=goal["mode"], restore_best_weights=True)
+    trials = args.trials or []
+    if len(trials) != len(args.train):
+        raise TrainingError(f"tune: expected a result for each of the {len(trials)} trials, found {len(args.train)}")
+    out = SelectBestDir(Path(args.step_dir))
+    fp = artifacts.fingerprint(
+        {"step": STEP, "trials": [t.fingerprint for t in args.train], "objective": goal, "plan": trials}
+    )
+    step = StepRun(STEP, SelectBestResult, out.path, fp, {"train": [t.fingerprint for t in args.train]})
+    if (done := step.reusable()) is not None:
+        return done
+    summaries = []
+    for trial, result in zip(trials, args.train, strict=True):
+        history = read_history(result.history)
+        choice = choose(history, es)
+        halted = next((r["halving"] for r in history if r.get("halving", {}).get("decision") == "stop"), None)
+        summaries.append(
+            {
+                **choice,
+                "trial": trial["name"],
+                "trial_index": trial["index"],
+                "params": trial["params"],
+                "train": trial["train"],
+                "stop_reason": result.stop_reason,
+                "halving": halted,
+                "train_dir": result.step_dir,
+                "curve": [[r["step"], r["metrics"].get(goal["metric"])] for r in history],
+            }
+        )
+    chosen = tune.best_trial(summaries, goal["mode"])
+    train_dir = Path(chosen["train_dir"])
+    checkpoint = train_dir / chosen["checkpoint"]
+    if not layout.checkpoint_state(checkpoint).is_file():
+        raise TrainingError(
+            f"{checkpoint}: expected the selected checkpoint ({chosen['trial']}, evaluation "
+            f"{chosen['eval_index']}) to exist, found none",
+            path=str(checkpoint),
+        )
+    run_dir = train_dir.parent.parent  # <run>/train/trial-NNN
+    best = {
+        **{k: v for k, v in chosen.items() if k not in ("curve", "train_dir")},
+        "checkpoint": str(checkpoint.relative_to(run_dir)),
+        "reason": f"{chosen['trial']}: {chosen['reason']}; best {goal['metric']} of {len(summaries)} trials",
+        "objective": goal,
+        "trials": [{k: v for k, v in s.items() if k != "train_dir"} for s in summaries],
+    }
+    with step.staged() as staging:
+        artifacts.write_json_atomic(SelectBestDir(staging).best, best)
+        result = SelectBestResult(
+            step_dir=str(out.path),
+            fingerprint=fp,
+            best_file=str(out.best),
+            checkpoint_path=str(checkpoint),
+            eval_index=chosen["eval_index"],
+            step=chosen["step"],
+            monitor=goal["metric"],
+            value=chosen["value"],
+            trial=chosen["trial"],
+            params=chosen["params"],
+            train_settings=chosen["train"],
+        )
+        step.commit(staging, result, [out.best.name])
+    log.info(
+        "Selected %s, evaluation %d (step %d): %s",
+        chosen["trial"],
+        chosen["eval_index"],
+        chosen["step"],
+        best["reason"],
+    )
+    return result

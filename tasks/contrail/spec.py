@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import importlib.util
 import json
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -443,6 +444,139 @@ class InferenceSpec(_Strict):
         return self
 
 
+# The train settings a search may vary besides model.params (eval_every_steps stays fixed: it is
+# the cadence halving's rungs are counted in, the same for every trial).
+TUNABLE_TRAIN = ("batch_size", "max_steps", "optimizer")
+
+
+class SearchDimension(_Strict):
+    """One dimension of `tune.space`, written `{choice: [a, b, ...]}`, `{int: [low, high]}` or
+    `{float: [low, high]}` (both ends included), with `scale: log` for ranges spanning orders of
+    magnitude."""
+
+    kind: Literal["choice", "int", "float"]
+    values: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    scale: Literal["linear", "log"] = "linear"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or "kind" in value:
+            return value
+        kinds = [k for k in ("choice", "int", "float") if k in value]
+        if len(kinds) != 1:
+            raise ValueError(
+                "expected exactly one of {choice: [values]}, {int: [low, high]} or {float: [low, high]}, "
+                f"found {value!r}"
+            )
+        (kind,), rest = kinds, {k: v for k, v in value.items() if k not in ("choice", "int", "float")}
+        if kind == "choice":
+            return {"kind": kind, "values": value[kind], **rest}
+        bounds = value[kind]
+        if not (isinstance(bounds, list) and len(bounds) == 2):
+            raise ValueError(f"expected {{{kind}: [low, high]}}, found {{{kind}: {bounds!r}}}")
+        return {"kind": kind, "low": bounds[0], "high": bounds[1], **rest}
+
+    @model_validator(mode="after")
+    def _a_space(self) -> SearchDimension:
+        if self.kind == "choice":
+            if not self.values:
+                raise ValueError("expected {choice: [values]} with at least one value, found none")
+            if self.scale != "linear":
+                raise ValueError("expected scale only with an int or float range, found it with choice")
+            return self
+        if self.low is None or self.high is None or self.values is not None:
+            raise ValueError(f"expected {{{self.kind}: [low, high]}}, found no bounds")
+        if self.kind == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise ValueError(f"expected whole numbers for an int range, found [{self.low}, {self.high}]")
+        if self.low > self.high or (self.kind == "float" and self.low == self.high):
+            raise ValueError(f"expected low < high, found [{self.low}, {self.high}]")
+        if self.scale == "log" and self.low <= 0:
+            raise ValueError(f"expected low > 0 for scale: log, found [{self.low}, {self.high}]")
+        return self
+
+    def grid(self) -> list[Any] | None:
+        """Every value, for a grid search: a choice's values or an int range's integers (None for a
+        float range, which has no grid)."""
+        if self.kind == "choice":
+            return list(self.values)
+        if self.kind == "int":
+            return list(range(int(self.low), int(self.high) + 1))
+        return None
+
+    def ends(self) -> list[Any]:
+        """The values a setting must accept for every sample to be valid: the choices, or both ends."""
+        if self.kind == "choice":
+            return list(self.values)
+        cast = int if self.kind == "int" else float
+        return [cast(self.low), cast(self.high)]
+
+
+class ObjectiveSpec(_Strict):
+    """What a search maximizes or minimizes: an evaluation metric (`mode: auto` as Keras decides)."""
+
+    metric: str
+    mode: Literal["min", "max", "auto"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        return {"metric": value} if isinstance(value, str) else value
+
+
+class HalvingSpec(_Strict):
+    """Successive halving on the evaluation cadence: at rung k (after `min_evaluations` × eta^k
+    evaluations) a trial stops unless it is in the best 1/eta of the trials that reached the rung."""
+
+    eta: int = Field(default=3, ge=2)
+    min_evaluations: int = Field(default=1, ge=1)
+
+
+class TuneSpec(_Strict):
+    """A hyperparameter search: trials over `space` (keys of model.params, or train.<setting>),
+    each trained as its own mapped task, the best by `objective` exported."""
+
+    space: dict[str, SearchDimension] = Field(min_length=1)
+    objective: ObjectiveSpec
+    max_trials: int = Field(default=10, ge=1, le=1000)
+    # How many trials of one run train at once (Airflow's max_active_tis_per_dagrun); the
+    # queue's worker slots bound it too.
+    parallelism: int = Field(default=2, ge=1, le=64)
+    seed: int = 0
+    algorithm: Literal["random", "grid", "halving"] = "random"
+    halving: HalvingSpec = HalvingSpec()
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _a_space(cls, value: Any) -> Any:
+        if isinstance(value, dict) and not value:
+            raise ValueError("expected at least one param to search over, found an empty space")
+        return value
+
+    @model_validator(mode="after")
+    def _grid_fits(self) -> TuneSpec:
+        if self.algorithm != "grid":
+            return self
+        floats = [k for k, d in self.space.items() if d.grid() is None]
+        if floats:
+            raise ValueError(
+                f"expected choice or int dimensions for algorithm: grid, found float ranges ({', '.join(floats)}); "
+                "use algorithm: random"
+            )
+        size = math.prod(len(d.grid()) for d in self.space.values())
+        if size > self.max_trials:
+            raise ValueError(
+                f"expected a grid of at most max_trials ({self.max_trials}) points, found {size}; raise "
+                "max_trials, shrink the space, or use algorithm: random to sample it"
+            )
+        return self
+
+    def grid_size(self) -> int | None:
+        return math.prod(len(d.grid()) for d in self.space.values()) if self.algorithm == "grid" else None
+
+
 class AssetScheduleSpec(_Strict):
     """Run when any of `assets` is updated (an upstream DAG's outlet, an API event), and on `cron`
     as well when it is given."""
@@ -466,6 +600,8 @@ class PipelineSpec(_Strict):
     evaluate: EvaluateSpec = EvaluateSpec()
     export: ExportSpec = ExportSpec()
     inference: InferenceSpec = InferenceSpec()
+    # A hyperparameter search: train becomes one mapped task per trial (contrail.tune).
+    tune: TuneSpec | None = None
     # Celery queue per task, e.g. {train: gpu}: workers started with `--queues gpu` take them.
     queues: dict[Literal["preprocess", "train", "select_best", "export", "batch_inference"], str] = {}
 
@@ -537,6 +673,43 @@ class PipelineSpec(_Strict):
                 )
         if self.export.promote_if.max_slice_regression is not None and not self.evaluate.slices:
             raise ValueError("export.promote_if.max_slice_regression: expected evaluate.slices to check, found none")
+        return self
+
+    @model_validator(mode="after")
+    def _search_fits(self) -> PipelineSpec:
+        """tune.space names what build_fn receives (model.params, and learning_rate, which the
+        optimizer takes from params) or a tunable train setting, with values the setting accepts;
+        the objective is an evaluation metric of the task."""
+        if self.tune is None:
+            return self
+        task = self.data.label.task
+        if self.tune.objective.metric not in eval_metric_names(task):
+            raise ValueError(
+                f"tune.objective: expected an evaluation metric of a {task} label "
+                f"({', '.join(eval_metric_names(task))}), found {self.tune.objective.metric!r}"
+            )
+        for key, dimension in self.tune.space.items():
+            if key.startswith("train."):
+                setting = key.removeprefix("train.")
+                if setting not in TUNABLE_TRAIN:
+                    raise ValueError(
+                        f"tune.space.{key}: expected one of {', '.join('train.' + t for t in TUNABLE_TRAIN)}, "
+                        f"found {key!r}"
+                    )
+                for value in dimension.ends():
+                    try:
+                        TrainSpec.model_validate({**self.train.model_dump(), setting: value})
+                    except ValidationError as exc:
+                        raise ValueError(
+                            f"tune.space.{key}: expected values train.{setting} accepts, found {value!r} "
+                            f"({exc.errors()[0]['msg']})"
+                        ) from None
+            elif key not in self.model.params and key != "learning_rate":
+                raise ValueError(
+                    f"tune.space.{key}: expected a key of model.params (what build_fn receives: "
+                    f"{', '.join(self.model.params) or 'none'}) or train.<setting>, found {key!r}, which build_fn "
+                    "never receives; give it a default in model.params"
+                )
         return self
 
     def hash(self) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contrail import artifacts, evaluation, serving, tfrecord
+from contrail import artifacts, evaluation, serving, tfrecord, tune
 from contrail.early_stopping import EvalEarlyStopping
 from contrail.errors import TrainingError
 from contrail.faults import failpoint
@@ -56,6 +56,9 @@ class TrainArgs:
     on_checkpoint: Callable[[], None] | None = None  # called after each evaluation's checkpoint is written
     # Reads running.json as every attempt sees it (a remote root's copy); None: the local file.
     read_lease: Callable[[], dict | None] | None = None
+    # One trial of a search (contrail.tune): its params and train settings, applied over the
+    # overrides above, its name, and the run's halving board.
+    trial: dict | None = None
 
 
 def effective_config(loaded: LoadedSpec, params: dict, train_overrides: dict) -> tuple[dict, TrainSpec]:
@@ -67,26 +70,46 @@ def effective_config(loaded: LoadedSpec, params: dict, train_overrides: dict) ->
 
 def run(args: TrainArgs) -> TrainResult:
     loaded = load_spec(args.spec_path)
-    params, train = effective_config(loaded, args.params, args.train_overrides)
-    warm_start_from = _warm_start_source(train, args.models_dir)
-    fp = artifacts.fingerprint(
-        {
-            "step": STEP,
-            "examples": args.preprocess.fingerprint,
-            "params": params,
-            "train": train.model_dump(),
-            "build_fn": loaded.spec.model.build_fn,
-            "build_fn_source": _build_fn_source_hash(loaded),
-            # The version, not its path: a copy of a remote root sits in a new folder per task.
-            "warm_start_from": Path(warm_start_from).name if warm_start_from else None,
-        }
+    trial = args.trial or {}
+    params, train = effective_config(
+        loaded, {**args.params, **trial.get("params", {})}, {**args.train_overrides, **trial.get("train", {})}
     )
+    halving = tune.Halving.for_trial(trial, loaded.spec.tune) if trial and loaded.spec.tune else None
+    warm_start_from = _warm_start_source(train, args.models_dir)
+    identity = {
+        "step": STEP,
+        "examples": args.preprocess.fingerprint,
+        "params": params,
+        "train": train.model_dump(),
+        "build_fn": loaded.spec.model.build_fn,
+        "build_fn_source": _build_fn_source_hash(loaded),
+        # The version, not its path: a copy of a remote root sits in a new folder per task.
+        "warm_start_from": Path(warm_start_from).name if warm_start_from else None,
+    }
+    if halving is not None:  # its stops depend on the other trials of its run: never another run's
+        identity["halving"] = {
+            "board": str(halving.board),
+            "trial": halving.trial,
+            **loaded.spec.tune.halving.model_dump(),
+        }
+    fp = artifacts.fingerprint(identity)
     step = StepRun(STEP, TrainResult, Path(args.step_dir), fp, {"examples": args.preprocess.fingerprint})
     if (done := step.reusable()) is not None:
         return done
     _verify_examples(args.preprocess)
     lease = Lease(TrainDir(step.step_dir), args.read_lease)
-    return _Trainer(step, loaded, params, train, args.preprocess, warm_start_from, args.on_checkpoint, lease).fit()
+    return _Trainer(
+        step,
+        loaded,
+        params,
+        train,
+        args.preprocess,
+        warm_start_from,
+        args.on_checkpoint,
+        lease,
+        halving,
+        trial.get("name"),
+    ).fit()
 
 
 def _warm_start_source(train: TrainSpec, models_dir: str | None) -> str | None:
@@ -128,8 +151,11 @@ class _Trainer:
         warm_start_from: str | None,
         on_checkpoint: Callable[[], None] | None,
         lease: Lease,
+        halving: tune.Halving | None = None,
+        trial: str | None = None,
     ):
         self.step, self.loaded, self.params, self.train = step, loaded, params, train
+        self.halving, self._trial = halving, trial
         self.preprocess, self.warm_start_from, self.on_checkpoint = preprocess, warm_start_from, on_checkpoint
         self.lease = lease
         self.dir = TrainDir(step.step_dir)
@@ -167,7 +193,7 @@ class _Trainer:
         stop_reason = None
         if state is not None:
             log.info("Resumed from %s at step %d, evaluation %d", state["checkpoint"], step, len(history))
-            if stopper.state.stopped_eval_index is not None or step >= train.max_steps:
+            if _finished(stopper, step, train.max_steps, history):
                 stop_reason = "resumed_complete"
         self.dir.path.mkdir(parents=True, exist_ok=True)
         history_writer = HistoryWriter(self.dir, fence=self.lease.check)
@@ -177,15 +203,33 @@ class _Trainer:
         handlers = self._handlers(checkpoints, history_writer, step)
         while stop_reason is None:
             evaluation, should_stop = self._round(model, iterator, eval_ds, steps, replicated, stopper, history)
+            halted = self._halve(evaluation)
             for handler in handlers:
                 handler.on_evaluation(evaluation)
-            if should_stop:
-                stop_reason = "early_stopping"
-            elif evaluation.step >= train.max_steps:
-                stop_reason = "max_steps"
+            stop_reason = _stop_reason(should_stop, halted, evaluation.step >= train.max_steps)
         for handler in handlers:
             handler.on_train_end()
         return self._commit(history, stopper, stop_reason, strategy.num_replicas_in_sync)
+
+    def _halve(self, evaluation: Evaluation) -> bool:
+        """A search's halving at a rung: record the decision in the evaluation's history record
+        (so the checkpoint holds it) and return whether this trial stops here."""
+        decision = self.halving.decide(evaluation.eval_index, evaluation.metrics) if self.halving else None
+        if decision is None:
+            return False
+        evaluation.record["halving"] = decision
+        log.info(
+            "Halving, rung %d: %s ranks %d of %d at %s=%.5g, the best %d go on: %s",
+            decision["rung"],
+            self.halving.trial,
+            decision["rank"],
+            decision["of"],
+            self.halving.metric,
+            decision["value"],
+            decision["keep"],
+            decision["decision"],
+        )
+        return decision["decision"] == "stop"
 
     def _take_over(self) -> None:
         """Take the lease: whoever trained here before (an orphan of a dead worker) is fenced off
@@ -226,7 +270,10 @@ class _Trainer:
             history_writer,
             Retention(checkpoints),
             TensorBoardWriter(self.dir),
-            ReportWriter(self.dir.path.parent, self.loaded.spec),
+            # The run's folder: train/'s parent, or a search trial's (train/trial-NNN) grandparent.
+            ReportWriter(
+                self.dir.path.parent.parent if self.halving or self._trial else self.dir.path.parent, self.loaded.spec
+            ),
         ]
         if self.on_checkpoint is not None:
             handlers.append(Publisher(self.on_checkpoint, fence=self.lease.check))  # e.g. to a remote root
@@ -327,6 +374,22 @@ class _Trainer:
             stopper.state.best_eval_index,
         )
         return result
+
+
+def _stop_reason(early_stopping: bool, halted: bool, at_max_steps: bool) -> str | None:
+    """Why training stops after an evaluation (None: it goes on)."""
+    if early_stopping:
+        return "early_stopping"
+    if halted:
+        return "halving"
+    return "max_steps" if at_max_steps else None
+
+
+def _finished(stopper: EvalEarlyStopping, step: int, max_steps: int, history: list[dict]) -> bool:
+    """Whether a restored checkpoint is where training had stopped: by early stopping, at
+    max_steps, or by a search's halving."""
+    halted = bool(history) and history[-1].get("halving", {}).get("decision") == "stop"
+    return stopper.state.stopped_eval_index is not None or step >= max_steps or halted
 
 
 def class_weights(rule: str | dict | None, schema: dict, stats_path: Path) -> list[float] | None:

@@ -25,6 +25,8 @@ print(
                 dag_id: {
                     "tasks": {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks},
                     "max_active_tis_per_dag": {t.task_id: t.max_active_tis_per_dag for t in dag.tasks},
+                    "max_active_tis_per_dagrun": {t.task_id: t.max_active_tis_per_dagrun for t in dag.tasks},
+                    "mapped": sorted(t.task_id for t in dag.tasks if type(t).__name__ == "MappedOperator"),
                     "params": {
                         k: {**dag.params.get_param(k).schema, "description": dag.params.get_param(k).description}
                         for k in dag.params

@@ -118,3 +118,33 @@ def test_data_parallelism_fans_preprocess_out_and_reduces(tmp_path):
     assert tasks["preprocess_plan"] == ["preprocess_part"]
     assert tasks["preprocess_part"] == ["preprocess"]
     assert {k: v for k, v in tasks.items() if not k.startswith("preprocess_")} == EXPECTED_GRAPH
+
+
+def test_a_search_maps_train_over_the_trials_and_the_form_caps_them(tmp_path):
+    """`tune:` gives preprocess >> tune_plan >> train (mapped, at most `parallelism` trials of a
+    run at once) >> select_best; the trigger form takes max_trials. Without it, nothing changes."""
+    dags = tmp_path / "dags"
+    shutil.copytree(ROOT / "dags", dags, ignore=shutil.ignore_patterns("__pycache__"))
+    search = {
+        "space": {"learning_rate": {"float": [0.001, 0.03], "scale": "log"}},
+        "objective": "val_accuracy",
+        "max_trials": 6,
+        "parallelism": 3,
+    }
+    spec_variant(dags / "pipelines", {"tune": search}, name="searched")
+    report = parse(dags, tmp_path)
+    assert report["import_errors"] == {}
+    dag = report["dags"]["searched"]
+    assert dag["tasks"] == {
+        **EXPECTED_GRAPH,
+        "preprocess": ["export", "train", "tune_plan"],
+        "tune_plan": ["select_best", "train"],
+    }
+    assert dag["mapped"] == ["train"] and dag["max_active_tis_per_dagrun"]["train"] == 3
+    assert {k: dag["params"]["max_trials"][k] for k in ("type", "minimum", "maximum")} == {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 1000,
+    }
+    plain = report["dags"]["penguins"]
+    assert plain["tasks"] == EXPECTED_GRAPH and plain["mapped"] == [] and "max_trials" not in plain["params"]

@@ -31,14 +31,23 @@ pytestmark = pytest.mark.slow
 REDIS_URL = os.environ.get("CONTRAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379") + "/13"
 WORKERS = {"worker-a": "default", "worker-b": "default,training"}
 PARTS = 4
+SEARCH = {
+    "space": {"learning_rate": {"float": [0.001, 0.03], "scale": "log"}, "hidden_units": {"choice": [[8], [16]]}},
+    "objective": "val_accuracy",
+    "max_trials": 6,
+    "parallelism": 2,
+    "seed": 1,
+}
+TRIALS = 4  # the run's max_trials
 
 
 def _specs(home: Path) -> Path:
     specs = home / "pipelines"
     scoring = {"inference": {"source": "{{ data_dir }}/score/*.parquet", "parallelism": PARTS}}
     variants = {
-        # preprocess mapped over the two penguins files, then reduced
-        "fanout": {"data": {"parallelism": 2}},
+        # preprocess mapped over the two penguins files, then reduced; a search of 6 trials (the
+        # run's form caps it at 4), two at once, then scoring mapped over 4 parts
+        "fanout": {"data": {"parallelism": 2}, "tune": SEARCH},
         # train goes to the `training` queue, which only worker-b consumes (a GPU worker's role)
         "routed": {"queues": {"train": "training"}},
         # many short evaluation rounds, so that a kill lands mid-training and the orphan still
@@ -103,7 +112,7 @@ def _mapped(cluster, dag_id, run_id, task_id="batch_inference") -> list[dict]:
 @pytest.fixture(scope="module")
 def fanout_run(cluster) -> str:
     """A run of the fan-out pipeline (preprocess over 2 parts, scoring over 4), finished."""
-    cluster.trigger("fanout", "fanout-1", conf={"max_steps": 200})
+    cluster.trigger("fanout", "fanout-1", conf={"max_steps": 100, "max_trials": TRIALS})
     return cluster.wait_for_run("fanout", "fanout-1", timeout=600)
 
 
@@ -124,6 +133,23 @@ def test_mapped_tasks_run_on_both_workers(cluster, fanout_run):
     assert result.rows == 4 * 86 and result.parts == PARTS
     keys = pa.concat_tables(pq.read_table(p) for p in result.predictions)["row_id"].to_pylist()
     assert len(keys) == len(set(keys)) == 4 * 86
+
+
+def test_search_trials_spread_over_both_workers_one_at_a_time_on_each(cluster, fanout_run):
+    assert fanout_run == "success"
+    trials = _mapped(cluster, "fanout", "fanout-1", "train")
+    assert sorted(ti["map_index"] for ti in trials) == list(range(TRIALS))  # the form's max_trials, not 6
+    assert {ti["state"] for ti in trials} == {"success"}
+    assert {ti["hostname"] for ti in trials} == set(WORKERS), [(ti["map_index"], ti["hostname"]) for ti in trials]
+    for host in WORKERS:  # each worker has one slot: its trials never overlapped
+        spans = sorted((ti["start_date"], ti["end_date"]) for ti in trials if ti["hostname"] == host)
+        assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), spans
+    run = PipelineLayout(cluster.shared / "artifacts", "fanout").run("fanout-1")
+    best = artifacts.read_json(run.select_best.best)
+    assert [t["trial"] for t in best["trials"]] == [f"trial-{i:03d}" for i in range(TRIALS)]
+    assert best["value"] == max(t["value"] for t in best["trials"])
+    version = artifacts.read_json(PipelineLayout(cluster.shared / "artifacts", "fanout").models.version(1).info)
+    assert version["trial"] == best["trial"] and version["params"]["learning_rate"] == best["params"]["learning_rate"]
 
 
 def test_a_task_queue_from_the_spec_routes_to_the_worker_that_consumes_it(cluster):
