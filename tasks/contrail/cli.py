@@ -74,7 +74,7 @@ def _summary(args: argparse.Namespace) -> int:
     # Steps the latest execution of this run reused rather than recomputed.
     reused = [s for s, e in latest.items() if e.get("reused")]
     summary["reused_steps"] = reused
-    summary["idempotent_rerun"] = len(reused) == len(layout.STEPS)
+    summary["idempotent_rerun"] = set(layout.STEPS) <= set(reused)
     out = Path(args.output) if args.output else default_out
     artifacts.write_json_atomic(out, summary)
     print(format_summary(summary, reused))

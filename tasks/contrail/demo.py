@@ -157,7 +157,8 @@ def summarize(artifact_root: Path, pipeline: str, run_id: str) -> dict:
     pre, train, best, export = (results[s] for s in STEPS[:-1])
     infer, inference_seconds = inference.collect(run.inference.path)
     outputs = artifacts.read_manifest(run.preprocess.path)["outputs"]
-    seconds = {s: artifacts.read_manifest(run.step(s))["timings"]["seconds"] for s in STEPS[:-1]}
+    # Each step's own folder (a search's train: the chosen trial's).
+    seconds = {s: artifacts.read_manifest(Path(results[s].step_dir))["timings"]["seconds"] for s in STEPS[:-1]}
     return {
         "pipeline": pipeline,
         "run_id": run_id,

@@ -417,6 +417,8 @@ READS = {
     # The examples (under a stable alias), its own folder (the checkpoints a retry resumes from),
     # and production's model when the spec warm-starts from it.
     "train": Reads(steps=("preprocess", "train"), models=("warm_start",), stable_inputs=("preprocess",)),
+    # A search's trial: the examples, and its own folder (train/trial-NNN) to resume from.
+    "train_trial": Reads(steps=("preprocess",), own_dir=True, models=("warm_start",), stable_inputs=("preprocess",)),
     "select_best": Reads(steps=("train", "select_best")),
     "tune_plan": Reads(steps=("tune_plan",)),
     # Every version's record (to find one this run published already), production's model (to

@@ -18,6 +18,8 @@ import html
 import json
 import logging
 import math
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,8 @@ def write_report(run_dir: str | Path, spec: Any | None = None) -> Path | None:
     run = RunLayout(Path(run_dir))
     try:
         page = render(collect(run.path, spec))
-        tmp = run.report.with_name(f".{run.report.name}.tmp")
+        # A temporary name of its own: a search's trials refresh the same report side by side.
+        tmp = run.report.with_name(f".{run.report.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(page, encoding="utf-8")
         tmp.replace(run.report)
         return run.report
@@ -74,6 +77,10 @@ def step_results(run: RunLayout) -> dict[str, StepResult | None]:
     for step, result_type in _RESULT_TYPES.items():
         manifest = artifacts.read_manifest(run.step(step))
         results[step] = result_type.from_xcom(manifest["result"], source=step) if manifest else None
+    if results["train"] is None and run.select_best.best.is_file():  # a search: the chosen trial's
+        trial = artifacts.read_json(run.select_best.best).get("trial")
+        manifest = artifacts.read_manifest(run.trial(trial).path) if trial else None
+        results["train"] = TrainResult.from_xcom(manifest["result"], source=trial) if manifest else None
     collected = inference.collect(run.inference.path)
     results["inference"] = collected[0] if collected else None
     return results
@@ -123,11 +130,8 @@ def collect(run_dir: Path, spec: Any | None = None) -> dict:
     early = getattr(getattr(spec, "train", None), "early_stopping", None)
     searched = trials(run)
     chosen = next((t for t in searched if t["chosen"]), None)
-    train_history = run.train.history
-    if chosen is not None:  # a search: the chosen trial's training is the run's
-        manifest = artifacts.read_manifest(run.trial(chosen["name"]).path)
-        results["train"] = TrainResult.from_xcom(manifest["result"], source="train") if manifest else None
-        train_history = run.trial(chosen["name"]).history
+    # A search: the chosen trial's training is the run's (step_results took its result).
+    train_history = run.trial(chosen["name"]).history if chosen is not None else run.train.history
     return {
         "trials": searched,
         "pipeline": run.pipeline,

@@ -603,7 +603,7 @@ class PipelineSpec(_Strict):
     # A hyperparameter search: train becomes one mapped task per trial (contrail.tune).
     tune: TuneSpec | None = None
     # Celery queue per task, e.g. {train: gpu}: workers started with `--queues gpu` take them.
-    queues: dict[Literal["preprocess", "train", "select_best", "export", "batch_inference"], str] = {}
+    queues: dict[Literal["preprocess", "tune_plan", "train", "select_best", "export", "batch_inference"], str] = {}
 
     @field_validator("schedule", mode="before")
     @classmethod

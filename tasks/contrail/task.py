@@ -29,13 +29,16 @@ def prepare(
     own_dir: str | None = None,
     warm_start: bool = False,
     scoring_version: int | None = None,
+    alias_key: str = "",
 ) -> dict[str, Any]:
     """Get a task's inputs ready in `workspace`: its upstream results mapped onto it, and for a
     remote root, what `reads` declares pulled into it. Returns the inputs as the step sees them.
 
     `own_dir` is the task's own output folder (a path or URI under the root), `warm_start`
     whether the spec warm-starts, `scoring_version` the version batch inference scores with
-    (None: production's): the facts the `reads` selectors depend on.
+    (None: production's): the facts the `reads` selectors depend on. `alias_key` tells apart
+    tasks of one run that read the same inputs side by side on one worker (a search's trials):
+    each gets its own stable name for them.
 
     A local root needs none of it: the inputs come back as they are.
     """
@@ -69,7 +72,10 @@ def prepare(
         # Each checkpoint holds the tf.data iterator's position, file names included: every
         # attempt reads these files under one name, whichever copy (or worker) it runs in.
         folder = inputs[name]["step_dir"]
-        key = hashlib.sha256(f"{workspace.location}\x1f{pipeline.pipeline}\x1f{run.key}".encode()).hexdigest()
+        identity = f"{workspace.location}\x1f{pipeline.pipeline}\x1f{run.key}" + (
+            f"\x1f{alias_key}" if alias_key else ""
+        )
+        key = hashlib.sha256(identity.encode()).hexdigest()
         alias = workspace.stable_alias(Path(folder), f"{pipeline.pipeline}-{name}-{key[:16]}")
         inputs[name] = rebase(inputs[name], folder, str(alias))
     return inputs

@@ -88,7 +88,8 @@ def run(args: TrainArgs) -> TrainResult:
     }
     if halving is not None:  # its stops depend on the other trials of its run: never another run's
         identity["halving"] = {
-            "board": str(halving.board),
+            # The board's run and plan (<run>/train/rungs/<plan>), not where the root is mounted.
+            "board": "/".join(halving.board.parts[-5:]),
             "trial": halving.trial,
             **loaded.spec.tune.halving.model_dump(),
         }
@@ -156,6 +157,8 @@ class _Trainer:
     ):
         self.step, self.loaded, self.params, self.train = step, loaded, params, train
         self.halving, self._trial = halving, trial
+        goal = tune.objective(loaded.spec.tune) if trial and loaded.spec.tune else None
+        self.objective = EarlyStoppingSpec(monitor=goal["metric"], mode=goal["mode"]) if goal else None
         self.preprocess, self.warm_start_from, self.on_checkpoint = preprocess, warm_start_from, on_checkpoint
         self.lease = lease
         self.dir = TrainDir(step.step_dir)
@@ -251,6 +254,7 @@ class _Trainer:
                 self.train.keep_checkpoints,
                 self.early_stopping,
                 fence=self.lease.check,
+                objective=self.objective,
             )
 
         if strategy.num_replicas_in_sync > 1:
@@ -380,9 +384,9 @@ def _stop_reason(early_stopping: bool, halted: bool, at_max_steps: bool) -> str 
     """Why training stops after an evaluation (None: it goes on)."""
     if early_stopping:
         return "early_stopping"
-    if halted:
-        return "halving"
-    return "max_steps" if at_max_steps else None
+    if at_max_steps:
+        return "max_steps"
+    return "halving" if halted else None
 
 
 def _finished(stopper: EvalEarlyStopping, step: int, max_steps: int, history: list[dict]) -> bool:

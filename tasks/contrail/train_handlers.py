@@ -159,6 +159,8 @@ class Checkpoints(Handler):
     :param fingerprint: the training config's; checkpoints of another config are discarded
     :param keep: how many of the newest checkpoints retention keeps (besides the best ones)
     :param early_stopping: the rule whose best checkpoints retention never deletes
+    :param objective: a search's objective (as a rule): its best checkpoint is kept too, for
+        select_best to choose across trials
     :param fence: called just before a checkpoint is published; raises to stop an attempt that
         no longer holds the lease
     """
@@ -171,12 +173,14 @@ class Checkpoints(Handler):
         keep: int,
         early_stopping: EarlyStoppingSpec,
         fence: Callable[[], None] = lambda: None,
+        objective: EarlyStoppingSpec | None = None,
     ) -> None:
         self.dir = train_dir
         self.checkpoint = checkpoint
         self.fingerprint = fingerprint
         self.keep = keep
         self.early_stopping = early_stopping
+        self.objective = objective
         self.fence = fence
 
     def restore(self) -> dict | None:
@@ -235,8 +239,9 @@ class Checkpoints(Handler):
         best_index = evaluation.early_stopping.get("best_eval_index")
         if best_index is not None:
             keep.add(layout.checkpoint_name(best_index))
-        outright = history.best_record(evaluation.history, self.early_stopping)
-        keep.add(layout.checkpoint_name(outright["eval_index"]))
+        for rule in (self.early_stopping, self.objective):
+            if rule is not None:
+                keep.add(layout.checkpoint_name(history.best_record(evaluation.history, rule)["eval_index"]))
         for directory in directories:
             if directory.name not in keep:
                 shutil.rmtree(directory, ignore_errors=True)

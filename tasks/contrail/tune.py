@@ -3,16 +3,17 @@
     preprocess >> tune_plan >> train (mapped, one task per trial) >> select_best >> export
 
 `tune_plan` draws the trials from the spec's space, seeded: random or halving sample it, grid
-walks it. The plan is committed once per run, so a retry or a rerun trains the same trials.
+walks it. The same spec and max_trials give the same plan, so a retry or a rerun trains the same
+trials; a changed spec gives a new plan, with a rung board of its own.
 Each trial trains in its own folder (`train/trial-NNN`) with the ordinary train step: its own
 checkpoints, history and lease, so a killed trial resumes as any training does. `select_best`
 takes the best evaluation of every trial by the objective and exports the best trial's.
 
 Halving is asynchronous successive halving without pausing (trials are tasks that hold a
 worker slot, so none waits for the others): at rung k, after `min_evaluations` × eta^k
-evaluations, a trial records its objective on the run's rung board, then stops unless it is in
-the best ⌈n/eta⌉ of the n trials that have reached that rung so far (with fewer than eta there,
-it goes on: too few to rank). Each decision is recorded beside the value, first writer wins,
+evaluations, a trial records its objective on the plan's rung board, then stops unless it is in
+the best ⌊n/eta⌋ of the n trials that have reached that rung so far (with fewer than eta there,
+it goes on: too few to rank, which favours the first trials to arrive). Each decision is recorded beside the value, first writer wins,
 so a retried trial that reaches the rung again reads the decision it made before.
 """
 
@@ -93,6 +94,15 @@ def _draw(dimension: SearchDimension, rng: np.random.Generator) -> Any:
 class TunePlanResult(StepResult):
     plan_file: str
     trials: list  # the trials, as `sample` gives them
+
+    @property
+    def plan_id(self) -> str:
+        """This plan's name for its rung board's folder: a changed plan never reads another's."""
+        return self.fingerprint[:16]
+
+    def mapped(self) -> list[dict]:
+        """One mapping per trial, for the train task's `expand`: the trial and its plan's id."""
+        return [{**t, "plan": self.plan_id} for t in self.trials]
 
 
 @dataclass(frozen=True)
@@ -196,7 +206,7 @@ class Halving:
             if not p.name.endswith(".decision.json")
         }
         ranked = sorted(peers, key=lambda t: (-peers[t] if self.mode == "max" else peers[t], t))
-        keep = math.ceil(len(ranked) / self.eta)
+        keep = len(ranked) // self.eta
         rank = ranked.index(self.trial)
         goes_on = len(ranked) < self.eta or rank < keep
         decision = {

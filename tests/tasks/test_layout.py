@@ -39,12 +39,17 @@ def test_every_task_declares_its_reads():
         "preprocess",
         "preprocess_plan",
         "preprocess_part",
+        "tune_plan",
         "train",
+        "train_trial",
         "select_best",
         "export",
         "batch_inference",
     }
     assert READS["train"].stable_inputs == ("preprocess",)  # tf.data names its files in checkpoints
+    # A search's trial pulls its own folder, not every other trial's checkpoints.
+    assert READS["train_trial"].own_dir and READS["train_trial"].steps == ("preprocess",)
+    assert READS["train_trial"].stable_inputs == ("preprocess",)
     with pytest.raises(ValueError, match="unknown selector"):
         Reads(models=("newest",))
     with pytest.raises(ValueError, match="unknown step"):

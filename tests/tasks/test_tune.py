@@ -114,16 +114,20 @@ def search(tmp_path_factory, penguins_dir) -> dict:
     from tests_support import spec_variant
 
     base = tmp_path_factory.mktemp("search")
-    changes = {"tune": SEARCH, "train": {"max_steps": 100, "eval_every_steps": 25, "early_stopping": None}}
+    # keep_checkpoints 1: retention must keep each trial's best by the objective (val_accuracy)
+    # besides its best val_loss and its last, or select_best finds the chosen checkpoint gone.
+    train_settings = {"max_steps": 100, "eval_every_steps": 25, "early_stopping": None, "keep_checkpoints": 1}
+    changes = {"tune": SEARCH, "train": train_settings}
     spec = spec_variant(base / "pipelines", changes, data_dir=penguins_dir)
     run = layout.RunLayout(base / "artifacts" / "penguins" / "runs" / "r1")
     pre = preprocess.run(
         preprocess.PreprocessArgs(str(spec), str(penguins_dir / "penguins" / "*.parquet"), str(run.preprocess.path))
     )
     planned = tune.plan(tune.TunePlanArgs(str(spec), str(run.tune_plan)))
+    board = run.rungs / planned.plan_id  # as the train operator places it
     trials = [
-        train.TrainArgs(str(spec), pre, str(run.trial(t["name"]).path), trial={**t, "board": str(run.rungs)})
-        for t in planned.trials
+        train.TrainArgs(str(spec), pre, str(run.trial(t["name"]).path), trial={**t, "board": str(board)})
+        for t in planned.mapped()
     ]
     results = [train.run(args) for args in trials]
     best = select_best.run(select_best.SelectBestArgs(str(spec), results, str(run.select_best.path), planned.trials))
@@ -132,6 +136,7 @@ def search(tmp_path_factory, penguins_dir) -> dict:
         "run": run,
         "preprocess": pre,
         "plan": planned,
+        "board": board,
         "trials": trials,
         "results": results,
         "best": best,
@@ -145,12 +150,10 @@ def test_each_trial_trains_in_its_own_folder_with_its_own_settings(search):
     assert tune.plan(tune.TunePlanArgs(str(search["spec"]), str(search["run"].tune_plan))).reused
     for trial, result in zip(plan["trials"], search["results"], strict=True):
         assert Path(result.step_dir) == search["run"].path / "train" / trial["name"]
-        record = artifacts.read_manifest(Path(result.step_dir))
-        assert record is not None and read_history(result.history)
-        # The trial's train settings reached training: its records count its batch size.
-        first = read_history(result.history)[0]
-        assert first["examples_per_sec"] > 0 and first["step"] == 25
-    assert len({r.fingerprint for r in search["results"]}) == 4
+        assert artifacts.read_manifest(Path(result.step_dir)) is not None
+        assert read_history(result.history)[0]["step"] == 25
+    assert len({r.fingerprint for r in search["results"]}) == 4  # each trial's own params and settings
+    assert not (search["run"].path / "train" / "report.html").exists()  # trials refresh the run's report
 
 
 def test_halving_stops_the_trials_that_rank_low_at_a_rung(search):
@@ -160,20 +163,29 @@ def test_halving_stops_the_trials_that_rank_low_at_a_rung(search):
         last = read_history(result.history)[-1]
         assert last["halving"]["decision"] == "stop" and last["halving"]["rank"] > last["halving"]["keep"]
         assert result.evaluations < 4
-    assert not any(r.stop_reason == "halving" for r in search["results"][:1])  # the first is never outranked alone
-    assert sorted(p.name for p in search["run"].rungs.iterdir()) == ["rung-0", "rung-1", "rung-2"]
+    assert search["results"][0].stop_reason != "halving"  # the first to reach each rung is never ranked alone
+    assert sorted(p.name for p in search["board"].iterdir()) == ["rung-0", "rung-1", "rung-2"]  # evaluations 1, 2, 4
+    assert search["board"].parent == search["run"].rungs and search["board"].name == search["plan"].plan_id
 
 
-def test_a_retried_trial_resumes_into_the_same_decision(search):
-    """A trial that halving stopped, run again after losing its commit (a crash after its last
-    checkpoint): it resumes from the checkpoint and stops at the same rung, whatever its peers
-    recorded since."""
+def test_a_retried_trial_reaches_the_same_decision(search):
+    """A trial that halving stopped, retried after losing its commit and every checkpoint (a
+    crash before its first one survived): it trains again to the rung, where a better peer has
+    arrived since, which would stop it on a fresh ranking too; it reads the decision it made
+    before instead, and stops at the same place with the same record."""
     index = next(i for i, r in enumerate(search["results"]) if r.stop_reason == "halving")
     before = search["results"][index]
+    decision = read_history(before.history)[-1]["halving"]
     (Path(before.step_dir) / layout.MANIFEST).unlink()
-    again = train.run(search["trials"][index])
-    assert again.stop_reason == "resumed_complete" and again.evaluations == before.evaluations
-    assert read_history(again.history) == read_history(before.history)
+    shutil.rmtree(Path(before.step_dir) / "checkpoints")
+    rung = search["board"] / f"rung-{decision['rung']}"
+    (rung / "trial-999.json").write_text('{"trial": "trial-999", "value": 2.0}')  # a peer better than any
+    try:
+        again = train.run(search["trials"][index])
+    finally:
+        (rung / "trial-999.json").unlink()
+    assert again.stop_reason == "halving" and again.evaluations == before.evaluations
+    assert read_history(again.history)[-1]["halving"] == decision
 
 
 def test_the_best_trial_is_chosen_and_exported_with_its_own_params(search, tmp_path):
@@ -197,12 +209,12 @@ def test_the_best_trial_is_chosen_and_exported_with_its_own_params(search, tmp_p
     assert info["params"]["hidden_units"] == chosen["params"]["hidden_units"] and info["trial"] == best["trial"]
 
 
-def test_a_spec_without_tune_trains_as_before(write_spec, tmp_path):
-    spec = yaml.safe_load(write_spec().read_text())
-    assert "tune" not in spec
+def test_planning_without_a_search_is_a_spec_error(write_spec, tmp_path):
+    spec = write_spec()
+    assert "tune" not in yaml.safe_load(spec.read_text())
     with pytest.raises(SpecError, match=r"field 'tune': expected a search to plan, found none"):
-        tune.plan(tune.TunePlanArgs(str(write_spec()), str(tmp_path / "plan")))
-    shutil.rmtree(tmp_path / "plan", ignore_errors=True)
+        tune.plan(tune.TunePlanArgs(str(spec), str(tmp_path / "plan")))
+    assert not (tmp_path / "plan").exists()
 
 
 def test_the_report_compares_the_trials(search):
