@@ -66,14 +66,33 @@ def sample(tune: TuneSpec, max_trials: int | None = None) -> list[dict]:
             )
         draws = [dict(zip(names, point, strict=True)) for point in points]
     else:
-        rng = np.random.default_rng(tune.seed)
-        draws = [{n: _draw(tune.space[n], rng) for n in names} for _ in range(count)]
+        draws = _distinct_draws(tune, names, count)
     trials = []
     for index, draw in enumerate(draws):
         params = {k: v for k, v in draw.items() if not k.startswith("train.")}
         train = {k.removeprefix("train."): v for k, v in draw.items() if k.startswith("train.")}
         trials.append({"index": index, "name": trial_name(index), "params": params, "train": train})
     return trials
+
+
+def _distinct_draws(tune: TuneSpec, names: list[str], count: int, attempts: int = 100) -> list[dict]:
+    """`count` draws, none repeating an earlier one (a small space of choices would repeat
+    itself): a repeat is drawn again, up to `attempts` times; a space with fewer points than
+    `count` gives all it has."""
+    rng = np.random.default_rng(tune.seed)
+    draws, seen = [], set()
+    while len(draws) < count:
+        for _ in range(attempts):
+            draw = {n: _draw(tune.space[n], rng) for n in names}
+            key = json.dumps(draw, sort_keys=True)
+            if key not in seen:
+                break
+        else:
+            log.warning("tune: the space has no point left that no trial has; %d trial(s), not %d", len(draws), count)
+            return draws
+        seen.add(key)
+        draws.append(draw)
+    return draws
 
 
 def _draw(dimension: SearchDimension, rng: np.random.Generator) -> Any:

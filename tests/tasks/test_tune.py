@@ -229,3 +229,12 @@ def test_the_report_compares_the_trials(search):
         assert f'class="line {trial["name"]}"' in page  # its curve, overlaid with the others'
     assert page.count("halving at rung") == sum(r.stop_reason == "halving" for r in search["results"])
     assert 'id="plot-val_accuracy"' in page and "Selected checkpoint" in page
+
+
+def test_random_draws_do_not_repeat_and_a_small_space_gives_what_it_has():
+    small = TuneSpec.model_validate(
+        {"space": {"units": {"choice": [8, 16]}, "act": {"choice": ["relu", "tanh"]}}, "objective": "val_loss"}
+        | {"max_trials": 10, "algorithm": "random"}
+    )
+    points = [(t["params"]["units"], t["params"]["act"]) for t in tune.sample(small)]
+    assert sorted(points) == sorted((u, a) for u in (8, 16) for a in ("relu", "tanh"))  # 4 points, each once
