@@ -29,3 +29,8 @@ def best_record(history: list[dict], es: EarlyStoppingSpec) -> dict:
     """The evaluation with the best `monitor` value outright; the earliest on a tie."""
     sign = 1 if metric_mode(es.monitor, es.mode) == "min" else -1
     return min(history, key=lambda r: (sign * r["metrics"][es.monitor], r["eval_index"]))
+
+
+def halving_stop(history: list[dict]) -> dict | None:
+    """A search trial's halving decision that stopped it (recorded in its evaluation), or None."""
+    return next((r["halving"] for r in history if r.get("halving", {}).get("decision") == "stop"), None)

@@ -253,7 +253,7 @@ def _trials(searched: list[dict]) -> str:
     for t in searched:
         values = [r["metrics"][metric] for r in t["history"] if metric in r["metrics"]]
         best = max(values, key=lambda v: sign * v) if values else None
-        halted = next((r["halving"] for r in t["history"] if r.get("halving", {}).get("decision") == "stop"), None)
+        halted = history.halving_stop(t["history"])
         stop = t["stop_reason"] or ("training" if t["history"] else "waiting")
         if halted:
             stop = f"halving at rung {halted['rung']} (evaluation {halted['eval_index']}): rank {halted['rank']} of {halted['of']}, best {halted['keep']} went on"

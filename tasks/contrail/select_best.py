@@ -12,7 +12,7 @@ from pathlib import Path
 
 from contrail import artifacts, layout, tune
 from contrail.errors import TrainingError
-from contrail.history import best_record, read_history
+from contrail.history import best_record, halving_stop, read_history
 from contrail.layout import SelectBestDir
 from contrail.results import SelectBestResult, TrainResult
 from contrail.spec import EarlyStoppingSpec, load_spec, metric_mode
@@ -44,26 +44,9 @@ def run(args: SelectBestArgs) -> SelectBestResult:
     choice = choose(read_history(args.train.history), es)
     train_dir = Path(args.train.step_dir)
     checkpoint = train_dir / choice["checkpoint"]
-    if not layout.checkpoint_state(checkpoint).is_file():
-        raise TrainingError(
-            f"{checkpoint}: expected the selected checkpoint (evaluation {choice['eval_index']}) to exist, found none",
-            path=str(checkpoint),
-        )
     # In the record, the checkpoint relative to the run's folder: true wherever the run is read.
     best = {**choice, "checkpoint": str(checkpoint.relative_to(train_dir.parent))}
-    with step.staged() as staging:
-        artifacts.write_json_atomic(SelectBestDir(staging).best, best)
-        result = SelectBestResult(
-            step_dir=str(out.path),
-            fingerprint=fp,
-            best_file=str(out.best),
-            checkpoint_path=str(checkpoint),
-            eval_index=choice["eval_index"],
-            step=choice["step"],
-            monitor=choice["monitor"],
-            value=choice["value"],
-        )
-        step.commit(staging, result, [out.best.name])
+    result = _publish(step, out, checkpoint, f"evaluation {choice['eval_index']}", best, monitor=choice["monitor"])
     log.info("Selected evaluation %d (step %d): %s", choice["eval_index"], choice["step"], choice["reason"])
     return result
 
@@ -121,7 +104,6 @@ def _run_search(args: SelectBestArgs) -> SelectBestResult:
     for trial, result in zip(trials, args.train, strict=True):
         history = read_history(result.history)
         choice = choose(history, es)
-        halted = next((r["halving"] for r in history if r.get("halving", {}).get("decision") == "stop"), None)
         summaries.append(
             {
                 **choice,
@@ -130,44 +112,32 @@ def _run_search(args: SelectBestArgs) -> SelectBestResult:
                 "params": trial["params"],
                 "train": trial["train"],
                 "stop_reason": result.stop_reason,
-                "halving": halted,
+                "halving": halving_stop(history),
                 "train_dir": result.step_dir,
-                "curve": [[r["step"], r["metrics"].get(goal["metric"])] for r in history],
             }
         )
     chosen = tune.best_trial(summaries, goal["mode"])
     train_dir = Path(chosen["train_dir"])
     checkpoint = train_dir / chosen["checkpoint"]
-    if not layout.checkpoint_state(checkpoint).is_file():
-        raise TrainingError(
-            f"{checkpoint}: expected the selected checkpoint ({chosen['trial']}, evaluation "
-            f"{chosen['eval_index']}) to exist, found none",
-            path=str(checkpoint),
-        )
     run_dir = train_dir.parent.parent  # <run>/train/trial-NNN
     best = {
-        **{k: v for k, v in chosen.items() if k not in ("curve", "train_dir")},
+        **{k: v for k, v in chosen.items() if k != "train_dir"},
         "checkpoint": str(checkpoint.relative_to(run_dir)),
         "reason": f"{chosen['trial']}: {chosen['reason']}; best {goal['metric']} of {len(summaries)} trials",
         "objective": goal,
         "trials": [{k: v for k, v in s.items() if k != "train_dir"} for s in summaries],
     }
-    with step.staged() as staging:
-        artifacts.write_json_atomic(SelectBestDir(staging).best, best)
-        result = SelectBestResult(
-            step_dir=str(out.path),
-            fingerprint=fp,
-            best_file=str(out.best),
-            checkpoint_path=str(checkpoint),
-            eval_index=chosen["eval_index"],
-            step=chosen["step"],
-            monitor=goal["metric"],
-            value=chosen["value"],
-            trial=chosen["trial"],
-            params=chosen["params"],
-            train_settings=chosen["train"],
-        )
-        step.commit(staging, result, [out.best.name])
+    result = _publish(
+        step,
+        out,
+        checkpoint,
+        f"{chosen['trial']}, evaluation {chosen['eval_index']}",
+        best,
+        monitor=goal["metric"],
+        trial=chosen["trial"],
+        params=chosen["params"],
+        train_settings=chosen["train"],
+    )
     log.info(
         "Selected %s, evaluation %d (step %d): %s",
         chosen["trial"],
@@ -175,4 +145,27 @@ def _run_search(args: SelectBestArgs) -> SelectBestResult:
         chosen["step"],
         best["reason"],
     )
+    return result
+
+
+def _publish(step: StepRun, out: SelectBestDir, checkpoint: Path, what: str, best: dict, **fields) -> SelectBestResult:
+    """Check that the chosen checkpoint (`what`: which evaluation) exists, then commit best.json
+    and the result; `fields` are the result's besides the choice's evaluation, step and value."""
+    if not layout.checkpoint_state(checkpoint).is_file():
+        raise TrainingError(
+            f"{checkpoint}: expected the selected checkpoint ({what}) to exist, found none", path=str(checkpoint)
+        )
+    with step.staged() as staging:
+        artifacts.write_json_atomic(SelectBestDir(staging).best, best)
+        result = SelectBestResult(
+            step_dir=str(out.path),
+            fingerprint=step.fingerprint,
+            best_file=str(out.best),
+            checkpoint_path=str(checkpoint),
+            eval_index=best["eval_index"],
+            step=best["step"],
+            value=best["value"],
+            **fields,
+        )
+        step.commit(staging, result, [out.best.name])
     return result

@@ -22,6 +22,7 @@ from contrail import artifacts, evaluation, serving, tfrecord, tune
 from contrail.early_stopping import EvalEarlyStopping
 from contrail.errors import TrainingError
 from contrail.faults import failpoint
+from contrail.history import halving_stop
 from contrail.layout import ModelsLayout, TrainDir, checkpoint_record
 from contrail.progress import Progress
 from contrail.results import PreprocessResult, TrainResult
@@ -275,9 +276,7 @@ class _Trainer:
             Retention(checkpoints),
             TensorBoardWriter(self.dir),
             # The run's folder: train/'s parent, or a search trial's (train/trial-NNN) grandparent.
-            ReportWriter(
-                self.dir.path.parent.parent if self.halving or self._trial else self.dir.path.parent, self.loaded.spec
-            ),
+            ReportWriter(self.dir.path.parent.parent if self._trial else self.dir.path.parent, self.loaded.spec),
         ]
         if self.on_checkpoint is not None:
             handlers.append(Publisher(self.on_checkpoint, fence=self.lease.check))  # e.g. to a remote root
@@ -392,7 +391,7 @@ def _stop_reason(early_stopping: bool, halted: bool, at_max_steps: bool) -> str 
 def _finished(stopper: EvalEarlyStopping, step: int, max_steps: int, history: list[dict]) -> bool:
     """Whether a restored checkpoint is where training had stopped: by early stopping, at
     max_steps, or by a search's halving."""
-    halted = bool(history) and history[-1].get("halving", {}).get("decision") == "stop"
+    halted = halving_stop(history) is not None
     return stopper.state.stopped_eval_index is not None or step >= max_steps or halted
 
 
