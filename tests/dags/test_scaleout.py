@@ -9,6 +9,7 @@ folder (cwd, HOME and TMPDIR: its "local disk"); the artifact root is a separate
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -197,7 +198,10 @@ def test_a_worker_killed_mid_task_is_retried_on_the_other_worker(cluster):
     try:
         wait_until(retry_holds_the_lease_or_waited, 600, "the retry to take the training lease", interval=0.2)
     finally:
-        os.kill(orphan, signal.SIGCONT)
+        # The orphan may be gone already: the system kills it with its dead supervisor on some
+        # runs (seen once in CI). Then there is nothing to race, and the checks below still hold.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGCONT)
     assert cluster.wait_for_run("slow", run_id, timeout=600) == "success"
     tries = _tries(cluster, "slow", run_id, "train")
     assert [t["state"] for t in tries] == ["failed", "success"], tries
