@@ -29,6 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from contrail import kernels
+
 _FEATURE_TAG = {"bytes": 0x0A, "float": 0x12, "int": 0x1A}
 
 
@@ -274,13 +276,7 @@ def _varint_lengths(values: np.ndarray) -> np.ndarray:
     return lengths
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+_varint = kernels.varint_bytes
 
 
 def encode_table(columns: Sequence[tuple[str, str, pa.Array]]) -> Encoded:
@@ -291,11 +287,83 @@ def encode_table(columns: Sequence[tuple[str, str, pa.Array]]) -> Encoded:
     `tf.io.FixedLenFeature([k])` reads it), or, for ints and bytes, a `List` of any length per
     row (as `tf.io.RaggedFeature` reads it); a missing list is an absent feature, and items
     inside a list are never missing."""
+    columns = [(name, kind, _one_array(array)) for name, kind, array in columns]
+    if all(_compilable(kind, array) for _, kind, array in columns):
+        return _encode_compiled(columns)
+    return encode_table_numpy(columns)
+
+
+def _compilable(kind: str, array: pa.Array) -> bool:
+    """Scalars of every kind and fixed-length float lists go through the compiled kernels; lists
+    of any length and fixed-length int lists through numpy (`encode_table_numpy`)."""
+    if pa.types.is_fixed_size_list(array.type):
+        return kind == "float"
+    return not (pa.types.is_list(array.type) or pa.types.is_large_list(array.type))
+
+
+def _encode_compiled(columns: Sequence[tuple[str, str, pa.Array]]) -> Encoded:
+    """The columns as the kernels take them (`kernels.encode`): a presence row per column; float
+    bits, ints and bytes values each in one buffer, with each column's place in it."""
+    n, count = len(columns[0][2]), len(columns)
+    kinds = np.array([_KERNEL_KIND[kind] for _, kind, _ in columns], dtype=np.int64)
+    widths = np.ones(count, dtype=np.int64)
+    present = np.empty((count, n), dtype=np.uint8)
+    at = {kind: np.zeros(count, dtype=np.int64) for kind in ("float", "int", "bytes")}  # where each column is
+    buffers: dict[str, list[np.ndarray]] = {"float": [], "int": [], "bytes": []}
+    sizes = {"float": 0, "int": 0, "bytes": 0}
+    offsets = []
+    for c, (_, kind, array) in enumerate(columns):
+        present[c] = pc.is_valid(array).to_numpy(zero_copy_only=False)
+        if pa.types.is_fixed_size_list(array.type):  # a float list: NaN is a value, as in numpy's path
+            widths[c] = array.type.list_size
+            items = array.values.slice(array.offset * widths[c], n * widths[c])
+            if items.null_count:
+                raise ValueError(f"a fixed-length list column cannot hold missing items ({array.type})")
+            values = np.asarray(items.cast(pa.float32()).to_numpy(zero_copy_only=False), "<f4").view(np.uint32)
+        elif kind == "float":
+            floats = np.asarray(pc.fill_null(array.cast(pa.float32()), 0.0).to_numpy(zero_copy_only=False), "<f4")
+            present[c] &= ~np.isnan(floats)  # NaN is a missing value: an absent feature
+            values = floats.view(np.uint32)
+        elif kind == "int":
+            values = np.asarray(pc.fill_null(array.cast(pa.int64()), 0).to_numpy(zero_copy_only=False), np.int64)
+            values = values.view(np.uint64)
+        else:
+            values, spans = binary_buffers(array)
+            offsets.append(spans + sizes["bytes"])
+        at[kind][c] = len(offsets) - 1 if kind == "bytes" else sizes[kind]  # bytes: its row of `offsets`
+        buffers[kind].append(values)
+        sizes[kind] += len(values)
+    data, offsets_out = kernels.encode(
+        kinds,
+        widths,
+        [name.encode() for name, _, _ in columns],
+        present,
+        np.concatenate(buffers["float"]) if buffers["float"] else np.zeros(0, np.uint32),
+        at["float"],
+        np.concatenate(buffers["int"]) if buffers["int"] else np.zeros(0, np.uint64),
+        at["int"],
+        np.concatenate([*buffers["bytes"], np.zeros(kernels.SLACK, np.uint8)]),
+        np.stack(offsets) if offsets else np.zeros((0, n + 1), np.int64),
+        at["bytes"],
+    )
+    return Encoded(data, offsets_out)
+
+
+_KERNEL_KIND = {"float": kernels.FLOAT, "int": kernels.INT, "bytes": kernels.BYTES}
+
+
+def _one_array(array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A column as one array: a chunked column's only chunk as it is, more chunks combined."""
+    if not isinstance(array, pa.ChunkedArray):
+        return array
+    return array.chunk(0) if array.num_chunks == 1 else array.combine_chunks()
+
+
+def encode_table_numpy(columns: Sequence[tuple[str, str, pa.Array]]) -> Encoded:
+    """`encode_table` with numpy and Arrow alone: every column type (lists of any length too),
+    and the reference the compiled kernels are tested against byte for byte."""
     n = len(columns[0][2])
-    columns = [
-        (name, kind, array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array)
-        for name, kind, array in columns
-    ]
+    columns = [(name, kind, _one_array(array)) for name, kind, array in columns]
     parts = [part for column in columns for part in encode_feature(*column)]
     if all(p.fixed for p in parts):
         width = sum(p.data.shape[1] for p in parts)

@@ -15,7 +15,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contrail import example_encoder, framing, tfrecord
+from contrail import example_encoder, framing, kernels, tfrecord
 
 MISSING_STRING = b"\x00<missing>"
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -127,13 +127,63 @@ def test_the_framer_writes_what_tensorflows_writer_writes(tmp_path):
     assert ours.read_bytes() == theirs.read_bytes()  # byte for byte, CRCs included
 
 
-@settings(max_examples=50, deadline=None)
-@given(st.lists(st.binary(min_size=0, max_size=64), min_size=1, max_size=30), st.integers(0, 64))
-def test_crc32c_of_many_rows_matches_the_bytewise_crc(rows, width):
-    padded = [(r * width)[:width].ljust(width, b"\0") for r in rows]  # equal widths, varied bytes
-    matrix = np.frombuffer(b"".join(padded), dtype=np.uint8).reshape(len(rows), width)
-    assert [int(c) for c in framing.crc32c_rows(matrix)] == [framing.crc32c_scalar(bytes(m)) for m in matrix]
-    assert framing.crc32c_scalar(b"123456789") == 0xE3069283  # the published CRC-32C check value
+def _bitwise_crc32c(data: bytes) -> int:
+    """CRC-32C one bit at a time, straight from the definition (reflected polynomial 0x82F63B78)."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=0, max_size=100), st.integers(0, 7))
+def test_both_crc32c_paths_match_the_bitwise_definition(data, skip):
+    """The hardware instruction (where this CPU has it) and the slicing-by-8 tables (every other
+    CPU), at every alignment and tail length."""
+    view = np.frombuffer(data, dtype=np.uint8)[min(skip, len(data)) :]
+    want = _bitwise_crc32c(view.tobytes())
+    assert kernels.crc32c(view) == want
+    assert kernels.crc32c(view, hardware=False) == want
+    assert framing.crc32c(b"123456789") == 0xE3069283  # the published CRC-32C check value
+
+
+@st.composite
+def wide_tables(draw):
+    """Every scalar kind with nulls, NaNs, negative and 10-byte varints, strings on both sides of
+    the short-entry limit (a one-byte length), names long enough to need a two-byte length, and
+    a fixed-length float list: the compiled encoder's every branch."""
+    n = draw(st.integers(min_value=1, max_value=25))
+    name = draw(st.text(alphabet="ab_", min_size=1, max_size=140))
+    size = draw(st.integers(1, 40))  # 40 floats: a 160-byte payload, past the short limit
+    floats = st.one_of(st.none(), st.floats(width=32))  # NaN too: an absent feature
+    return [
+        (f"{name}f", "float", pa.array(draw(st.lists(floats, min_size=n, max_size=n)), pa.float32())),
+        ("i", "int", pa.array(draw(st.lists(st.one_of(st.none(), INT64), min_size=n, max_size=n)), pa.int64())),
+        ("s", "bytes", pa.array(draw(st.lists(st.one_of(st.none(), st.binary(max_size=200)), min_size=n, max_size=n)))),
+        (
+            "l",
+            "float",
+            pa.FixedSizeListArray.from_arrays(
+                pa.array(draw(st.lists(st.floats(width=32), min_size=n * size, max_size=n * size)), pa.float32()),
+                size,
+            ),
+        ),
+        ("k", "bytes", pa.array(draw(st.lists(st.text(max_size=8), min_size=n, max_size=n)), pa.string())),
+    ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(wide_tables(), st.integers(0, 5))
+def test_the_compiled_encoder_writes_the_numpy_encoders_bytes(columns, start):
+    """Byte for byte, on sliced arrays too (offsets that do not start at zero)."""
+    start = min(start, len(columns[0][2]) - 1)
+    columns = [(name, kind, array.slice(start)) for name, kind, array in columns]
+    assert all(example_encoder._compilable(kind, array) for _, kind, array in columns)
+    compiled, numpy = example_encoder.encode_table(columns), example_encoder.encode_table_numpy(columns)
+    assert compiled.offsets.tolist() == numpy.offsets.tolist()
+    assert compiled.data.tobytes() == numpy.data.tobytes()
 
 
 @pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**31, 2**63 - 1, -1, -(2**63)])
