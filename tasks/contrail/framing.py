@@ -62,14 +62,24 @@ def write(path: Path, framed: np.ndarray, *, compression: str) -> None:
 
 
 def write_records(path: Path, data: np.ndarray, offsets: np.ndarray, *, compression: str) -> int:
-    """Frame and write every record of a concatenated buffer to `path`; return the count.
+    """Frame and write every record of a concatenated buffer to `path`; return the count."""
+    return write_chunks(path, [(data, offsets, None)], compression=compression)
 
-    Records are framed a block at a time, so the framed file never sits whole in memory."""
-    count = len(offsets) - 1
-    rows = np.arange(count, dtype=np.int64)
+
+def write_chunks(
+    path: Path, chunks: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray | None]], *, compression: str
+) -> int:
+    """Frame and write records to `path` from `(data, offsets, rows)` chunks, in order: records
+    `rows` (every record when None) of `data`, record i at `offsets[i]:offsets[i + 1]`. Records
+    are framed a block at a time, straight from their buffers in `rows`' order, so neither the
+    framed file nor a reordered copy of the records is ever held. Returns the count."""
+    count = 0
     with _open(path, compression) as handle:
-        for start in range(0, count, _BLOCK_ROWS):
-            handle.write(memoryview(frame(data, offsets, rows[start : start + _BLOCK_ROWS])))
+        for data, offsets, rows in chunks:
+            rows = np.arange(len(offsets) - 1, dtype=np.int64) if rows is None else rows
+            for start in range(0, len(rows), _BLOCK_ROWS):
+                handle.write(memoryview(frame(data, offsets, rows[start : start + _BLOCK_ROWS])))
+            count += len(rows)
     return count
 
 

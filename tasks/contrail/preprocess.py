@@ -21,6 +21,7 @@ import logging
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,33 +305,48 @@ def _process_files(
 ) -> tuple[list[dict], spill.SpillWriter]:
     """Read each file a batch at a time; check, split, summarize and encode each batch, and
     spill its records to `folder`. Returns the partials (one per file) and the spill's counts.
-    Memory holds a batch and the value counters, never the table."""
+    Memory holds a batch and the value counters, never the table.
+
+    Each batch's encoding and spill run on a thread of their own while the next batch is read,
+    split and summarized here: the kernels and Arrow's writes release the GIL, and the
+    statistics are Python. One batch is encoded at a time, in order, so the spill's order is
+    the input's and memory holds two batches."""
     columns = data.required_columns(spec.features, spec.label, spec.key)
     total = sum(f.size for f in files)
     progress = Progress(log, "preprocess: reading", total, unit="bytes")
     packed = _packed(spec)
     writer = spill.SpillWriter(folder, buckets, spec.split.seed)
     partials = []
+
+    def encode_and_spill(train: pa.Table, identities: np.ndarray, evals: pa.Table) -> None:
+        writer.add(
+            _serialize(example_encoder.encode_table(_encoded_columns(train, spec, packed))),
+            identities,
+            # Eval records keep one feature per column: the layout serving parses.
+            _serialize(example_encoder.encode_table(_encoded_columns(evals, spec, []))),
+        )
+
     try:
-        for i, path in enumerate(files):
-            summary, rows = None, 0
-            for offset, table in data.iter_tables(path, spec.format, columns, BATCH_ROWS):
-                is_eval = split.split_mask(table, [(path, table.num_rows)], spec, offset=offset)
-                # Folded in as each batch is read: memory holds one file summary's counters.
-                batch = statistics.file_partials(table, is_eval, spec)
-                summary = batch if summary is None else statistics.combine_partials([summary, batch], spec)
-                train, evals = table.filter(pa.array(~is_eval)), table.filter(pa.array(is_eval))
-                identities = spill.row_identities(train, path.name, offset, spec.key, spec.split.seed, ~is_eval)
-                writer.add(
-                    _serialize(example_encoder.encode_table(_encoded_columns(train, spec, packed))),
-                    identities,
-                    # Eval records keep one feature per column: the layout serving parses.
-                    _serialize(example_encoder.encode_table(_encoded_columns(evals, spec, []))),
-                )
-                rows += table.num_rows
-            partials.append(summary)
-            log.info("Read %d rows from %s (%d/%d files)", rows, path, i + 1, len(files))
-            progress.advance(path.size)
+        with ThreadPoolExecutor(max_workers=1) as encoder:
+            pending: Future | None = None
+            for i, path in enumerate(files):
+                summary, rows = None, 0
+                for offset, table in data.iter_tables(path, spec.format, columns, BATCH_ROWS):
+                    is_eval = split.split_mask(table, [(path, table.num_rows)], spec, offset=offset)
+                    # Folded in as each batch is read: memory holds one file summary's counters.
+                    batch = statistics.file_partials(table, is_eval, spec)
+                    summary = batch if summary is None else statistics.combine_partials([summary, batch], spec)
+                    train, evals = table.filter(pa.array(~is_eval)), table.filter(pa.array(is_eval))
+                    identities = spill.row_identities(train, path.name, offset, spec.key, spec.split.seed, ~is_eval)
+                    if pending is not None:
+                        pending.result()  # the previous batch is spilled (its error, if any, raised here)
+                    pending = encoder.submit(encode_and_spill, train, identities, evals)
+                    rows += table.num_rows
+                partials.append(summary)
+                log.info("Read %d rows from %s (%d/%d files)", rows, path, i + 1, len(files))
+                progress.advance(path.size)
+            if pending is not None:
+                pending.result()
     finally:
         writer.close()
     return partials, writer

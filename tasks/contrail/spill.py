@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +96,28 @@ def row_identities(
     return split._row_hashes(f"{prefix}{file_name}\x1f".encode(), positions)
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Records in the order to write them: record `rows[i]` of a buffer, where record j is
+    `data[offsets[j]:offsets[j + 1]]`. A bucket's shuffle is a permutation of its rows, never a
+    copy of its records, and framing reads them in that order (`framing.write_chunks`)."""
+
+    data: np.ndarray  # uint8
+    offsets: np.ndarray  # int64
+    rows: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def slice(self, start: int, stop: int | None = None) -> Chunk:
+        return Chunk(self.data, self.offsets, self.rows[start:stop])
+
+    @classmethod
+    def of(cls, records: pa.Array, rows: np.ndarray | None = None) -> Chunk:
+        data, offsets = binary_buffers(records)
+        return cls(data, offsets, np.arange(len(records), dtype=np.int64) if rows is None else rows)
+
+
 def _read(paths: Sequence[Path]) -> pa.Array:
     """Every record of the spill files `paths` (missing ones are empty), in order."""
     chunks = []
@@ -105,31 +128,32 @@ def _read(paths: Sequence[Path]) -> pa.Array:
     return pa.concat_arrays(chunks) if chunks else pa.array([], pa.large_binary())
 
 
-def train_order(folders: Sequence[Path], buckets: int, seed: int) -> Iterator[pa.Array]:
+def train_order(folders: Sequence[Path], buckets: int, seed: int) -> Iterator[Chunk]:
     """The train records, bucket by bucket, each bucket in its seeded random order."""
     for bucket in range(buckets):
         records = _read([f / bucket_name(bucket) for f in folders])
         rng = np.random.default_rng(seed if buckets == 1 else [seed, bucket])
-        yield records.take(pa.array(rng.permutation(len(records))))
+        yield Chunk.of(records, rng.permutation(len(records)).astype(np.int64))
 
 
-def eval_order(folders: Sequence[Path]) -> Iterator[pa.Array]:
+def eval_order(folders: Sequence[Path]) -> Iterator[Chunk]:
     """The eval records in input order, a spill batch at a time."""
     for folder in folders:
         path = folder / EVAL_NAME
         if path.exists():
             with ipc.open_stream(path) as reader:
                 for batch in reader:
-                    yield batch.column(0)
+                    yield Chunk.of(batch.column(0))
 
 
 def write_shards(
-    staging: Path, split_name: str, chunks: Iterator[pa.Array], total: int, shard_rows: int, compression: str
+    staging: Path, split_name: str, chunks: Iterator[Chunk], total: int, shard_rows: int, compression: str
 ) -> Iterator[tuple[str, int]]:
     """Stream `total` records from `chunks` into `ceil(total / shard_rows)` shards of near-equal
     size; yields `(shard name, records)` in shard order as each is written. A full shard is
-    framed and written on a thread while the next one fills (numpy and zlib release the GIL);
-    at most three shards are held at once."""
+    framed and written on a thread while the next one fills (the framing kernel and the
+    compressor release the GIL); at most three shards are pending at once, each holding its
+    chunks' buffers (a bucket, or a spill batch), never a copy of its records."""
     n_shards = max(1, math.ceil(total / shard_rows))
     names = tfrecord.shard_names(split_name, n_shards, compression)
     sizes = np.diff(np.linspace(0, total, n_shards + 1).astype(int))
@@ -157,6 +181,5 @@ def write_shards(
             yield future.result()
 
 
-def _write_one(path: Path, parts: list[pa.Array], compression: str) -> tuple[str, int]:
-    data, offsets = binary_buffers(pa.concat_arrays(parts) if parts else pa.array([], pa.large_binary()))
-    return path.name, framing.write_records(path, data, offsets, compression=compression)
+def _write_one(path: Path, parts: list[Chunk], compression: str) -> tuple[str, int]:
+    return path.name, framing.write_chunks(path, [(p.data, p.offsets, p.rows) for p in parts], compression=compression)
