@@ -123,7 +123,7 @@ def _read(paths: Sequence[Path]) -> pa.Array:
     chunks = []
     for path in paths:
         if path.exists():
-            with ipc.open_stream(path) as reader:
+            with pa.OSFile(str(path)) as file, ipc.open_stream(file) as reader:  # not memory-mapped
                 chunks += [batch.column(0) for batch in reader]
     return pa.concat_arrays(chunks) if chunks else pa.array([], pa.large_binary())
 
@@ -141,7 +141,9 @@ def eval_order(folders: Sequence[Path]) -> Iterator[Chunk]:
     for folder in folders:
         path = folder / EVAL_NAME
         if path.exists():
-            with ipc.open_stream(path) as reader:
+            # Read into memory, batch by batch: a path is memory-mapped, and every page the
+            # framing touched would stay resident until the reader closed (the whole eval split).
+            with pa.OSFile(str(path)) as file, ipc.open_stream(file) as reader:
                 for batch in reader:
                     yield Chunk.of(batch.column(0))
 
@@ -152,7 +154,7 @@ def write_shards(
     """Stream `total` records from `chunks` into `ceil(total / shard_rows)` shards of near-equal
     size; yields `(shard name, records)` in shard order as each is written. A full shard is
     framed and written on a thread while the next one fills (the framing kernel and the
-    compressor release the GIL); at most three shards are pending at once, each holding its
+    compressor release the GIL); at most two shards are written at once, and a third fills, each holding its
     chunks' buffers (a bucket, or a spill batch), never a copy of its records."""
     n_shards = max(1, math.ceil(total / shard_rows))
     names = tfrecord.shard_names(split_name, n_shards, compression)
@@ -171,7 +173,7 @@ def write_shards(
                 if held == sizes[index]:
                     pending.append(pool.submit(_write_one, staging / names[index], parts, compression))
                     index, parts, held = index + 1, [], 0
-                    if len(pending) > 2:
+                    if len(pending) > 1:
                         yield pending.pop(0).result()
         if index < n_shards:
             raise ArtifactError(
