@@ -4,8 +4,9 @@ Preprocess reads its input a batch at a time. Each train record goes to one of `
 files, chosen by a seeded hash of the row (its key, or its file and position); eval records go
 to one spill file in input order. Once every file is read, each bucket is loaded alone, put in
 a seeded random order, and streamed into the shards. So the train split is written in a random
-order that depends only on the data and the seed, while memory holds one bucket (about
-`BUCKET_ROWS` records) and one shard, however many rows there are.
+order that depends only on the data and the seed, while memory holds a few buckets (about
+`BUCKET_ROWS` records each: the one being read, and those the shards in flight still frame
+from) and no copy of them, however many rows there are.
 
 A spill folder is a part of the work: one task writes a single folder; the fan-out's parts each
 write one (committed with the part), and the reduce streams bucket k of every part, in part
