@@ -7,8 +7,8 @@ A TFRecord file is, per record:
 `tf.io.TFRecordWriter` frames one record per Python call (~3 us each). Here a compiled kernel
 (`kernels.frame_records`) frames a block of records in one call, each CRC-32C from SSE4.2's
 `crc32` instruction (slicing-by-8 tables on CPUs without it): 7-9M records/s here, against
-1.8M/s for the numpy framer it replaced. The file is written in blocks, compressed in zlib's
-gzip format when asked (which is TF's GZIP). Readers check both CRCs of every record.
+1.8M/s for the numpy framer it replaced. The file is written in blocks, gzip-compressed when
+asked (TF's GZIP; by ISA-L, below). Readers check both CRCs of every record.
 """
 
 from __future__ import annotations
@@ -42,11 +42,6 @@ except ImportError:  # pragma: no cover - isal ships wheels for Linux and macOS,
 def crc32c(data: bytes) -> int:
     """CRC-32C of `data`, by the kernels' CRC (hardware where the CPU has it)."""
     return int(kernels.crc32c(np.frombuffer(data, dtype=np.uint8)))
-
-
-def mask(crc: int) -> int:
-    """TFRecord's masked CRC: rotate right by 15 and add a constant, mod 2**32."""
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def frame(data: np.ndarray, offsets: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:

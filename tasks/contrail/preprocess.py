@@ -379,11 +379,6 @@ def _serialize(encoded: example_encoder.Encoded) -> pa.Array:
     return example_encoder.binary_array(encoded.data, encoded.offsets)
 
 
-def _concat(arrays: list[pa.Array]) -> pa.Array:
-    arrays = [a.cast(pa.large_binary()) for a in arrays]
-    return pa.concat_arrays(arrays) if arrays else pa.array([], pa.large_binary())
-
-
 def _packed(spec: DataSpec) -> list[str]:
     """The float features train records pack into one list (two or more non-nullable ones)."""
     names = [n for n, f in spec.features.items() if f.type == "float" and not f.nullable]
